@@ -1,0 +1,1 @@
+"""Hearsay: a self-hosted speech gateway for voice bots."""

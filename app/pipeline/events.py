@@ -1,0 +1,57 @@
+"""The small value types that flow between pipeline stages and out of the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Encoding(StrEnum):
+    """Wire encodings the engine accepts (names as in the streaming protocol)."""
+
+    LINEAR16 = "LINEAR16"  # PCM signed 16-bit little-endian
+    MULAW = "MULAW"  # G.711 mu-law
+    ALAW = "ALAW"  # G.711 A-law
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """How a source's bytes are to be read: encoding and sample rate (mono)."""
+
+    encoding: Encoding = Encoding.LINEAR16
+    sample_rate: int = 16000
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self.encoding is Encoding.LINEAR16 else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word with its time in stream seconds."""
+
+    text: str
+    start_s: float
+    end_s: float
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A recognition result for one utterance.
+
+    Interim results (`is_final=False`) cover the utterance so far and may change; the final
+    one is emitted once, when the VAD ends the utterance. Times are seconds of stream audio
+    from the start of the stream.
+    """
+
+    index: int
+    text: str
+    start_s: float
+    end_s: float
+    is_final: bool
+    confidence: float
+    language: str
+    words: tuple[Word, ...] = field(default_factory=tuple)
+    # When the engine had the result ready, on the `time.monotonic()` clock (for latency metrics).
+    emitted_at: float = 0.0
