@@ -1,0 +1,26 @@
+"""`python -m app bench <name>`: one module per benchmark, each with add_arguments/run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "engine": "app.bench.engine",
+    "stream": "app.bench.stream",
+    "twilio": "app.bench.twilio",
+    "sip": "app.bench.sip",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, module_name in BENCHMARKS.items():
+        bench = sub.add_parser(name, help=f"the {name} benchmark")
+        module = importlib.import_module(module_name)
+        module.add_arguments(bench)
+        bench.set_defaults(bench_handler=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.bench_handler(args))
