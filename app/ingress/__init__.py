@@ -1,0 +1,1 @@
+"""Audio sources other than SIP: the /v1/stream WebSocket and Twilio Media Streams."""
