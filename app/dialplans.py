@@ -1,0 +1,207 @@
+"""Dialplans: which calls a route takes and where their words go (`dialplans/*.toml`).
+
+A dialplan file looks like this (keys as in PRODUCT.md, "Dialplans"):
+
+    name = "support"
+    [match]
+    sip_user = ["100", "support*"]   # fnmatch globs on the SIP Request-URI user; "*" = any
+    twilio_to = ["+15550001111"]     # fnmatch globs on Twilio's To number
+    [webhook]
+    url = "https://bot.example.com/hearsay"   # empty: events are logged and kept in the outbox
+    secret = "whsec_..."                      # HMAC key for Hearsay-Signature
+    [recognition]
+    language = "en"
+    model = "mini"
+    interim_results = false          # also POST utterance.partial events
+    agent_track = false              # Twilio only: also transcribe the outbound track as "agent"
+
+`Dialplans.load(directory)` reads every `*.toml` in file-name order and validates it here, at
+the edge: an unknown key, a missing table or a value of the wrong type raises
+`DialplanError` whose message starts with the file and the key ("dialplans/x.toml:
+match.sip_user: ..."). Matching is first match wins, in file-name order.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+
+class DialplanError(ValueError):
+    """A dialplan file is unreadable or invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialplan:
+    """One route: the calls it takes (`sip_user`, `twilio_to` globs) and where events go."""
+
+    name: str
+    file: Path = field(default_factory=Path)
+    sip_user: tuple[str, ...] = ()
+    twilio_to: tuple[str, ...] = ()
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    language: str = "en"
+    model: str = "mini"
+    interim_results: bool = False
+    transcribe_agent: bool = False
+
+    def matches_sip(self, user: str) -> bool:
+        """Whether a SIP Request-URI user part matches one of this route's `sip_user` globs."""
+        return any(fnmatchcase(user, pattern) for pattern in self.sip_user)
+
+    def matches_twilio(self, to: str) -> bool:
+        """Whether a Twilio To number matches one of this route's `twilio_to` globs."""
+        return any(fnmatchcase(to, pattern) for pattern in self.twilio_to)
+
+    @property
+    def is_catch_all(self) -> bool:
+        """Whether this route takes any call of some kind (a "*" pattern)."""
+        return "*" in self.sip_user or "*" in self.twilio_to
+
+
+class Dialplans:
+    """An immutable, ordered set of dialplans with the matching rules of PRODUCT.md."""
+
+    __slots__ = ("_by_name", "_plans")
+
+    def __init__(self, plans: Iterable[Dialplan] = ()) -> None:
+        self._plans: tuple[Dialplan, ...] = tuple(plans)
+        by_name: dict[str, Dialplan] = {}
+        for plan in self._plans:
+            if plan.name in by_name:
+                first = by_name[plan.name].file
+                raise DialplanError(f"{plan.file}: name: {plan.name!r} is already used by {first}")
+            by_name[plan.name] = plan
+        self._by_name = by_name
+
+    @classmethod
+    def load(cls, directory: str | Path, *, language: str = "en", model: str = "mini") -> Dialplans:
+        """Read and validate every `*.toml` in `directory`, in file-name order.
+
+        `language` and `model` are the defaults for files that leave them out (normally the
+        `[asr]` settings). Blocking file I/O: call it at start-up or from an executor.
+        """
+        root = Path(directory)
+        if not root.is_dir():
+            raise DialplanError(f"{root}: dialplan directory not found")
+        files = sorted(p for p in root.glob("*.toml") if p.is_file())
+        return cls(load_file(path, language=language, model=model) for path in files)
+
+    def match_sip(self, user: str) -> Dialplan | None:
+        """The first dialplan (file-name order) whose `sip_user` globs match `user`."""
+        return next((p for p in self._plans if p.matches_sip(user)), None)
+
+    def match_twilio(self, to: str) -> Dialplan | None:
+        """The first dialplan (file-name order) whose `twilio_to` globs match `to`."""
+        return next((p for p in self._plans if p.matches_twilio(to)), None)
+
+    def by_name(self, name: str) -> Dialplan | None:
+        """The dialplan called `name`, if any."""
+        return self._by_name.get(name)
+
+    @property
+    def default(self) -> Dialplan | None:
+        """The plan named "default", else the first catch-all plan, else None."""
+        named = self._by_name.get("default")
+        if named is not None:
+            return named
+        return next((p for p in self._plans if p.is_catch_all), None)
+
+    def __iter__(self) -> Iterator[Dialplan]:
+        return iter(self._plans)
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def __repr__(self) -> str:
+        return f"Dialplans({[p.name for p in self._plans]!r})"
+
+
+_TABLES: dict[str, frozenset[str]] = {
+    "match": frozenset({"sip_user", "twilio_to"}),
+    "webhook": frozenset({"url", "secret"}),
+    "recognition": frozenset({"language", "model", "interim_results", "agent_track"}),
+}
+
+
+def load_file(path: str | Path, *, language: str = "en", model: str = "mini") -> Dialplan:
+    """Read and validate one dialplan file (blocking file I/O)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DialplanError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DialplanError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DialplanError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw, path, language=language, model=model)
+
+
+def parse(raw: Mapping[str, Any], path: Path, *, language: str = "en", model: str = "mini") -> Dialplan:
+    """Validate a decoded dialplan table; errors name `path` and the offending key."""
+    unknown = sorted(set(raw) - {"name", *_TABLES})
+    if unknown:
+        raise DialplanError(f"{path}: {unknown[0]}: unknown key")
+    tables: dict[str, Mapping[str, Any]] = {}
+    for table, keys in _TABLES.items():
+        value = raw.get(table, {})
+        if not isinstance(value, Mapping):
+            raise DialplanError(f"{path}: {table}: expected a table, got {value!r}")
+        extra = sorted(set(value) - keys)
+        if extra:
+            raise DialplanError(f"{path}: {table}.{extra[0]}: unknown key")
+        tables[table] = value
+
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise DialplanError(f"{path}: name: expected a non-empty string, got {name!r}")
+    match, webhook, recognition = tables["match"], tables["webhook"], tables["recognition"]
+    url = _string(webhook, "url", "", path, "webhook")
+    if url and not url.startswith(("http://", "https://")):
+        raise DialplanError(f"{path}: webhook.url: expected an http:// or https:// URL, got {url!r}")
+    plan = Dialplan(
+        name=name,
+        file=path,
+        sip_user=_patterns(match, "sip_user", path),
+        twilio_to=_patterns(match, "twilio_to", path),
+        webhook_url=url,
+        webhook_secret=_string(webhook, "secret", "", path, "webhook"),
+        language=_string(recognition, "language", language, path, "recognition"),
+        model=_string(recognition, "model", model, path, "recognition"),
+        interim_results=_bool(recognition, "interim_results", path),
+        transcribe_agent=_bool(recognition, "agent_track", path),
+    )
+    if not plan.language:
+        raise DialplanError(f"{path}: recognition.language: must not be empty")
+    if not plan.model:
+        raise DialplanError(f"{path}: recognition.model: must not be empty")
+    return plan
+
+
+def _patterns(table: Mapping[str, Any], key: str, path: Path) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise DialplanError(f"{path}: match.{key}: expected a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _string(table: Mapping[str, Any], key: str, default: str, path: Path, section: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise DialplanError(f"{path}: {section}.{key}: expected a string, got {value!r}")
+    return value.strip()
+
+
+def _bool(table: Mapping[str, Any], key: str, path: Path) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise DialplanError(f"{path}: recognition.{key}: expected true or false, got {value!r}")
+    return value
