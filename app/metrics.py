@@ -1,0 +1,55 @@
+"""Prometheus metrics for one app instance (`GET /metrics`).
+
+Each `Metrics` owns its own `CollectorRegistry`, so two apps in one process (tests, the
+benchmark) never share counters and nothing touches prometheus-client's global registry.
+Sources are labelled `sip`, `twilio` or `stream`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Latency buckets in seconds: fine around the 0.2-1.5 s range the targets care about.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The service's metrics, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active_sessions = Gauge(
+            "hearsay_active_sessions", "Calls and streaming sessions in progress", ["source"], registry=r)
+        self.calls = Counter("hearsay_calls", "Calls and sessions started", ["source"], registry=r)
+        self.audio_seconds = Counter(
+            "hearsay_audio_seconds", "Seconds of audio received", ["source"], registry=r)
+        self.utterances = Counter(
+            "hearsay_utterances", "Final utterances recognised", ["source"], registry=r)
+        self.dropped_frames = Counter(
+            "hearsay_dropped_frames", "Audio payloads refused because the engine was behind",
+            ["source"], registry=r)
+        self.vad_latency = Histogram(
+            "hearsay_vad_latency_seconds",
+            "From the end of speech in the audio to the end-of-utterance decision",
+            registry=r, buckets=_LATENCY_BUCKETS)
+        self.asr_latency = Histogram(
+            "hearsay_asr_latency_seconds", "From the end-of-utterance decision to the final transcript",
+            registry=r, buckets=_LATENCY_BUCKETS)
+        self.end_to_end_latency = Histogram(
+            "hearsay_end_to_end_latency_seconds",
+            "From the arrival of an utterance's last audio to its final event in the outbox",
+            ["source"], registry=r, buckets=_LATENCY_BUCKETS)
+        self.webhook_deliveries = Counter(
+            "hearsay_webhook_deliveries", "Webhook delivery attempts by outcome", ["outcome"], registry=r)
+        self.outbox_depth = Gauge(
+            "hearsay_outbox_depth", "Events in the outbox waiting for delivery", registry=r)
+        self.stream_errors = Counter(
+            "hearsay_stream_errors", "Error messages sent to /v1/stream clients", ["code"], registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,226 @@
+"""The aiohttp application: shared state under typed `AppKey`s, resources in `cleanup_ctx`.
+
+`create_app(settings)` builds the app; nothing is opened until the app starts. Start-up opens,
+in order (shutdown closes in reverse):
+
+    engine      SpeechEngine.load() in an executor (or the one passed in, e.g. by tests);
+                a failure is kept, /health answers 503 and calls are refused
+    dialplans   Dialplans.load(settings.dialplans.dir): a bad file stops start-up
+    http        one aiohttp ClientSession for webhook POSTs
+    outbox      the SQLite outbox and the Deliverer worker (stop flushes what it can)
+    calls       the CallHub; closing it ends every live call, so in-flight utterances are
+                finalised and their events reach the outbox before the Deliverer stops
+
+`on_shutdown` also closes the hub, so WebSocket handlers see their calls end (and send their
+final results) while the server is still draining connections.
+
+Ingress modules add their routes in `_INGRESS` below; `/health` and `/metrics` live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from app.calls import CallHub
+from app.delivery.outbox import Outbox
+from app.delivery.worker import Deliverer, DeliveryResult
+from app.dialplans import DialplanError, Dialplans
+from app.metrics import CONTENT_TYPE, Metrics
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.pipeline.engine import SpeechEngine
+
+log = logging.getLogger("hearsay.server")
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+ENGINE: web.AppKey[SpeechEngine | None] = web.AppKey("engine")
+ENGINE_ERROR: web.AppKey[str] = web.AppKey("engine_error")
+DIALPLANS: web.AppKey[Dialplans] = web.AppKey("dialplans")
+HTTP_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_session")
+OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
+DELIVERER: web.AppKey[Deliverer] = web.AppKey("deliverer")
+CALL_HUB: web.AppKey[CallHub] = web.AppKey("call_hub")
+# name -> check(); each returns {"status": "ok" | "failed" | ..., ...details} for /health.
+HEALTH_CHECKS: web.AppKey[dict[str, Callable[[], dict[str, Any]]]] = web.AppKey("health_checks")
+
+# How long shutdown waits for the Deliverer to send what is due before leaving it in the outbox.
+FLUSH_TIMEOUT_S = 5.0
+
+
+def create_app(settings: Settings, *, engine: SpeechEngine | None = None) -> web.Application:
+    """The Hearsay web application. Pass `engine` to share one already loaded (tests)."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[HEALTH_CHECKS] = {}
+    app[ENGINE_ERROR] = ""
+    app.cleanup_ctx.append(_engine_ctx(engine))
+    app.cleanup_ctx.append(_dialplans_ctx)
+    app.cleanup_ctx.append(_http_ctx)
+    app.cleanup_ctx.append(_outbox_ctx)
+    app.cleanup_ctx.append(_calls_ctx)
+    app.on_shutdown.append(_end_calls)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    _add_ingress(app)
+    return app
+
+
+def _add_ingress(app: web.Application) -> None:
+    """Each audio source registers its routes (and any cleanup_ctx of its own) here."""
+    from app.ingress import stream
+
+    stream.setup(app)
+    # Twilio (POST /twilio/voice, GET /twilio/media): its owner adds `twilio.setup(app)` here.
+    # SIP user agent: its owner appends its cleanup_ctx here (after _calls_ctx, so the agent
+    # stops before the hub ends the remaining calls).
+
+
+# -- resources ----------------------------------------------------------------------------------
+
+def _engine_ctx(given: SpeechEngine | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        if given is not None:
+            app[ENGINE] = given
+            yield
+            return
+        settings = app[SETTINGS]
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            from app.pipeline.engine import SpeechEngine
+
+            app[ENGINE] = await loop.run_in_executor(None, SpeechEngine.load, settings.asr, settings.vad)
+            log.info("speech engine loaded (model %s) in %.1f s", settings.asr.model,
+                     time.monotonic() - started)
+        except Exception as exc:
+            log.exception("the speech engine failed to load")
+            app[ENGINE] = None
+            app[ENGINE_ERROR] = f"{type(exc).__name__}: {exc}"
+        yield
+        loaded = app[ENGINE]
+        close = getattr(loaded, "close", None)
+        if close is not None:
+            await loop.run_in_executor(None, close)
+
+    return engine_ctx
+
+
+async def _dialplans_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[DIALPLANS] = await asyncio.get_running_loop().run_in_executor(None, load_dialplans, app[SETTINGS])
+    log.info("dialplans loaded from %s: %s", app[SETTINGS].dialplans.dir,
+             ", ".join(p.name for p in app[DIALPLANS]) or "(none)")
+    yield
+
+
+async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
+    timeout = aiohttp.ClientTimeout(total=app[SETTINGS].webhooks.timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "Hearsay"}) as session:
+        app[HTTP_SESSION] = session
+        yield
+
+
+async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    outbox = await Outbox.open(settings.webhooks.outbox)
+    app[OUTBOX] = outbox
+
+    def count_delivery(result: DeliveryResult) -> None:
+        metrics.webhook_deliveries.labels(result.outcome.value).inc()
+
+    deliverer = Deliverer(outbox, app[HTTP_SESSION], settings.webhooks, on_result=count_delivery)
+    app[DELIVERER] = deliverer
+    await deliverer.start()
+    try:
+        yield
+    finally:
+        await deliverer.stop(FLUSH_TIMEOUT_S)
+        await outbox.close()
+
+
+async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = CallHub(app[ENGINE], app[DIALPLANS], app[OUTBOX], app[METRICS])
+    app[CALL_HUB] = hub
+    yield
+    await hub.close("shutdown")
+
+
+async def _end_calls(app: web.Application) -> None:
+    hub = app.get(CALL_HUB)
+    if hub is not None:
+        await hub.close("shutdown")
+
+
+# -- dialplans ----------------------------------------------------------------------------------
+
+def load_dialplans(settings: Settings) -> Dialplans:
+    """Read the dialplan directory (blocking; raises DialplanError naming the file and key)."""
+    return Dialplans.load(settings.dialplans.dir, language=settings.asr.language, model=settings.asr.model)
+
+
+async def reload_dialplans(app: web.Application) -> bool:
+    """Re-read the dialplans (SIGHUP). A bad set is logged and the old one kept; live calls
+    keep the plan they started with. Returns whether the new set is in use."""
+    try:
+        plans = await asyncio.get_running_loop().run_in_executor(None, load_dialplans, app[SETTINGS])
+    except DialplanError as exc:
+        log.error("dialplan reload failed, keeping the previous set: %s", exc)
+        return False
+    app[DIALPLANS] = plans
+    app[CALL_HUB].dialplans = plans
+    log.info("dialplans reloaded: %s", ", ".join(p.name for p in plans) or "(none)")
+    return True
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    """`GET /health`: 200 "healthy" when the engine is loaded, else 503 "unhealthy"."""
+    app = request.app
+    settings = app[SETTINGS]
+    engine_error = app[ENGINE_ERROR]
+    components: dict[str, dict[str, Any]] = {
+        "engine": {"status": "failed", "error": engine_error} if engine_error else {"status": "ok"},
+        "dialplans": {"status": "ok", "loaded": [p.name for p in app[DIALPLANS]]},
+    }
+    depth = -1
+    try:
+        depth = await app[OUTBOX].depth()
+        components["outbox"] = {"status": "ok", "path": str(settings.webhooks.outbox)}
+    except Exception as exc:
+        components["outbox"] = {"status": "failed", "error": str(exc)}
+    for name, check in app[HEALTH_CHECKS].items():
+        try:
+            components[name] = check()
+        except Exception as exc:
+            components[name] = {"status": "failed", "error": str(exc)}
+    healthy = not engine_error and all(c.get("status") == "ok" for c in components.values())
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "model": settings.asr.model,
+        "outbox_depth": depth,
+        "active_sessions": app[CALL_HUB].active,
+        "components": components,
+    }
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """`GET /metrics`: the Prometheus text exposition."""
+    app = request.app
+    registry = app[METRICS]
+    try:
+        registry.outbox_depth.set(await app[OUTBOX].depth())
+    except Exception:
+        log.warning("outbox depth unavailable for /metrics", exc_info=True)
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})
