@@ -55,3 +55,5 @@ class Transcript:
     words: tuple[Word, ...] = field(default_factory=tuple)
     # When the engine had the result ready, on the `time.monotonic()` clock (for latency metrics).
     emitted_at: float = 0.0
+    # Seconds of recognizer compute behind this result.
+    compute_s: float = 0.0

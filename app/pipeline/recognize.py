@@ -1,0 +1,164 @@
+"""Recognize stage: Whisper (faster-whisper / CTranslate2) on one utterance at a time.
+
+One `Recognizer` per model per process, shared by every stream; `transcribe` is blocking and
+thread-safe (CTranslate2 runs `workers` requests in parallel), so the engine calls it from
+its own threads, never from the event loop.
+
+The fast path. Stock Whisper pads every input to 30 s, and on a phone utterance of a few
+seconds most of the encoder's time goes to that padding. Encoding only the utterance is
+several times faster, but then the decoder sees a short context it never saw in training and
+loops ("ten of clubs ten of clubs ..."). So we encode the utterance plus a little silence and
+splice the result onto the encoder output of 30 s of silence, computed once at load time:
+the decoder gets the full-length context it expects, whose tail is what silence looks like.
+`python -m app bench engine` measures both paths on the same clips.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+
+from app.pipeline.events import Word
+from app.settings import AsrSettings
+
+SAMPLE_RATE = 16000
+_FRAMES_PER_S = 100  # mel frames
+_WINDOW_S = 30
+_TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
+_MAX_TOKENS = 440
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    """What Whisper heard in one utterance. Word times are relative to the audio's start."""
+
+    text: str
+    confidence: float
+    language: str
+    no_speech_prob: float
+    avg_logprob: float
+    words: tuple[Word, ...]
+    compute_s: float
+
+
+class Recognizer:
+    """A loaded Whisper model and the precomputed encoding of silence."""
+
+    def __init__(self, model: WhisperModel, settings: AsrSettings) -> None:
+        self._model = model
+        self._settings = settings
+        self.multilingual = bool(model.model.is_multilingual)
+        silence = np.zeros(_WINDOW_S * SAMPLE_RATE, dtype=np.float32)
+        self._silence_enc = self._encode_array(silence)
+        self._tokenizers: dict[str, Tokenizer] = {}
+
+    @classmethod
+    def load(cls, model_dir: Path, settings: AsrSettings) -> Recognizer:
+        model = WhisperModel(
+            str(model_dir), device="cpu", compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads, num_workers=settings.workers,
+        )
+        return cls(model, settings)
+
+    def _encode_array(self, audio: np.ndarray) -> np.ndarray:
+        frames = int(round(len(audio) / SAMPLE_RATE * _FRAMES_PER_S)) // 2 * 2
+        feats = self._model.feature_extractor(audio, padding=0)[:, :frames]
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
+        return np.array(self._model.model.encode(view, to_cpu=True))
+
+    def _tokenizer(self, language: str) -> Tokenizer:
+        if language not in self._tokenizers:
+            self._tokenizers[language] = Tokenizer(
+                self._model.hf_tokenizer, self.multilingual, task="transcribe",
+                language=language if self.multilingual else "en",
+            )
+        return self._tokenizers[language]
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None,
+                   word_timestamps: bool = False) -> Recognition:
+        """Recognise one utterance (16 kHz float32, at most 30 s)."""
+        began = time.perf_counter()
+        duration = min(len(audio) / SAMPLE_RATE, _WINDOW_S - _TAIL_S)
+        length_s = min(float(_WINDOW_S), np.ceil(duration + _TAIL_S))
+        padded = np.zeros(int(length_s * SAMPLE_RATE), dtype=np.float32)
+        usable = audio[: len(padded)]
+        padded[: len(usable)] = usable
+        enc = self._silence_enc.copy()
+        short = self._encode_array(padded)
+        enc[:, : short.shape[1]] = short
+        enc_view = ctranslate2.StorageView.from_array(enc)
+
+        lang = self._pick_language(enc_view, language)
+        tok = self._tokenizer(lang)
+        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        result = self._model.model.generate(
+            enc_view, [prompt], beam_size=self._settings.beam_size,
+            max_length=min(_MAX_TOKENS, int(12 + 8 * duration)), return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
+        avg_logprob = float(result.scores[0]) if result.scores else -10.0
+        no_speech = float(result.no_speech_prob)
+        text = tok.decode(tokens).strip()
+        if self._is_silence(text, no_speech, avg_logprob):
+            text, tokens = "", []
+        text = cut_repetitions(text, self._settings.max_repeats)
+        words: tuple[Word, ...] = ()
+        if word_timestamps and tokens:
+            words = self._align(tok, tokens, enc_view, duration)
+        return Recognition(
+            text=text, confidence=float(np.clip(np.exp(avg_logprob), 0.0, 1.0)), language=lang,
+            no_speech_prob=no_speech, avg_logprob=avg_logprob, words=words,
+            compute_s=time.perf_counter() - began,
+        )
+
+    def _pick_language(self, enc: ctranslate2.StorageView, language: str | None) -> str:
+        wanted = language or self._settings.language
+        if not self.multilingual:
+            return "en"
+        if wanted and wanted != "auto":
+            return wanted
+        detected = self._model.model.detect_language(enc)[0]
+        token, _prob = detected[0]
+        return str(token).strip("<|>")
+
+    def _is_silence(self, text: str, no_speech: float, avg_logprob: float) -> bool:
+        if not re.search(r"\w", text):
+            return True
+        s = self._settings
+        return no_speech > s.no_speech_threshold and avg_logprob < s.log_prob_threshold
+
+    def _align(self, tok: Tokenizer, tokens: list[int], enc: ctranslate2.StorageView,
+               duration: float) -> tuple[Word, ...]:
+        frames = int(duration * _FRAMES_PER_S)
+        aligned = self._model.find_alignment(tok, tokens, enc, frames)
+        return tuple(
+            Word(text=w["word"].strip(), start_s=float(w["start"]), end_s=float(w["end"]),
+                 probability=float(w["probability"]))
+            for w in aligned if w["word"].strip()
+        )
+
+
+def cut_repetitions(text: str, max_repeats: int) -> str:
+    """Cut a phrase repeated more than `max_repeats` times in a row (Whisper's loop failure)."""
+    words = text.split()
+    if max_repeats <= 0 or len(words) <= max_repeats:
+        return text
+    for n in range(1, 9):
+        i = 0
+        while i + n * (max_repeats + 1) <= len(words):
+            gram = words[i : i + n]
+            count = 1
+            while words[i + count * n : i + (count + 1) * n] == gram:
+                count += 1
+            if count > max_repeats:
+                del words[i + max_repeats * n : i + count * n]
+            i += 1
+    return " ".join(words)
