@@ -1,0 +1,180 @@
+"""One SIP call on the pjsua2 side: answering, media tap, DTMF, and how it ended.
+
+Everything here runs on the SIP thread (pjsua2 callbacks and the endpoint's jobs), except
+`FrameTap.onFrameReceived`, which runs on pjsua2's media clock thread. Neither touches asyncio:
+what a call hears and does goes to its `CallEvents`, whose methods are thread-safe hand-overs
+(the agent implements them with `loop.call_soon_threadsafe`).
+
+A callback that raises would unwind through pjsua2's C++ and abort the process, so every
+callback body catches and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import pjsua2 as pj
+
+from sip.screen import Offer
+
+log = logging.getLogger("hearsay.sip")
+
+SAMPLE_RATE = 8000  # what the tap hands over: 16-bit mono PCM at this rate ...
+FRAME_MS = 20  # ... in frames of this length (320 bytes)
+
+
+class CallEvents(Protocol):
+    """Where a call's audio, digits and end go. Called from pjsua2's threads: must not block."""
+
+    def audio(self, pcm: bytes) -> None: ...
+
+    def dtmf(self, digit: str) -> None: ...
+
+    def ended(self, reason: str) -> None: ...
+
+
+class FrameTap(pj.AudioMediaPort):
+    """A conference-bridge sink that receives a call's audio as 8 kHz s16le 20 ms frames."""
+
+    def __init__(self, events: CallEvents) -> None:
+        super().__init__()
+        self._events = events
+        self.frames = 0
+
+    def open(self, name: str) -> None:
+        fmt = pj.MediaFormatAudio()
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, FRAME_MS * 1000, 16)
+        self.createPort(name, fmt)
+
+    def onFrameReceived(self, frame: pj.MediaFrame) -> None:
+        try:
+            if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
+                self.frames += 1
+                self._events.audio(bytes(frame.buf))
+        except Exception:
+            log.exception("the media tap failed to hand over a frame")
+
+
+class SipCall(pj.Call):
+    """An incoming call: answered or refused by the agent, its audio forked to a `FrameTap`.
+
+    `on_gone(self)` runs (on the SIP thread) once the call is disconnected; the endpoint then
+    drops its references, so the pjsua2 objects are destroyed on the SIP thread.
+    """
+
+    def __init__(self, account: pj.Account, call_id: int, serial: int, offer: Offer,
+                 on_gone: Callable[[SipCall], None]) -> None:
+        super().__init__(account, call_id)
+        self.serial = serial
+        self.offer = offer
+        self.events: CallEvents | None = None
+        self.tap: FrameTap | None = None
+        self.confirmed = False
+        self.gone = False
+        self._on_gone = on_gone
+        self._end_reason: str | None = None
+        self._slot = -1
+        self._audio_index = -1
+        self._held = False
+        self._rx_packets = -1
+        self._rx_changed_at = time.monotonic()
+
+    # -- actions (SIP thread) ---------------------------------------------------------------
+
+    def respond(self, code: int, reason: str = "", headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Send a provisional or final answer to the INVITE (200 answers with our SDP)."""
+        prm = pj.CallOpParam(True)
+        prm.statusCode = code
+        if reason:
+            prm.reason = reason
+        for name, value in headers:
+            hdr = pj.SipHeader()
+            hdr.hName = name
+            hdr.hValue = value
+            prm.txOption.headers.append(hdr)
+        if code >= 300 and self._end_reason is None:
+            self._end_reason = "rejected"
+        self.answer(prm)
+
+    def hang_up(self, reason: str, code: int = 0) -> None:
+        """End the call from our side (BYE, or `code` for one not yet answered)."""
+        if self.gone:
+            return
+        if self._end_reason is None:
+            self._end_reason = reason
+        prm = pj.CallOpParam(True)
+        if code:
+            prm.statusCode = code
+        try:
+            self.hangup(prm)
+        except pj.Error as exc:
+            log.debug("hangup of %s: %s", self.offer.call_id, exc.info())
+
+    def media_silence_s(self, now: float) -> float:
+        """Seconds since the last RTP packet arrived; 0 while on hold or before media."""
+        if not self.confirmed or self._held or self._audio_index < 0 or self.gone:
+            self._rx_changed_at = now
+            return 0.0
+        try:
+            packets = self.getStreamStat(self._audio_index).rtcp.rxStat.pkt
+        except pj.Error:
+            return 0.0
+        if packets != self._rx_packets:
+            self._rx_packets = packets
+            self._rx_changed_at = now
+        return now - self._rx_changed_at
+
+    # -- pjsua2 callbacks (SIP thread) ------------------------------------------------------
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        try:
+            info = self.getInfo()
+            if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+                self.confirmed = True
+                self._rx_changed_at = time.monotonic()
+            elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.gone:
+                self.gone = True
+                reason = self._end_reason or ("hangup" if self.confirmed else "cancel")
+                log.info("SIP call %s ended: %s (%s %s)", self.offer.call_id, reason,
+                         info.lastStatusCode, info.lastReason)
+                if self.events is not None:
+                    self.events.ended(reason)
+                self._on_gone(self)
+        except Exception:
+            log.exception("onCallState failed")
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        try:
+            info = self.getInfo()
+            for media in info.media:
+                if media.type != pj.PJMEDIA_TYPE_AUDIO:
+                    continue
+                self._audio_index = media.index
+                self._held = media.status in (pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_NONE)
+                if media.status == pj.PJSUA_CALL_MEDIA_ACTIVE and media.audioConfSlot != self._slot:
+                    self._connect_tap(media.index, media.audioConfSlot)
+                break
+        except Exception:
+            log.exception("onCallMediaState failed")
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
+        try:
+            if self.events is not None and prm.digit:
+                self.events.dtmf(prm.digit.upper())
+        except Exception:
+            log.exception("onDtmfDigit failed")
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _connect_tap(self, index: int, slot: int) -> None:
+        if self.events is None:
+            return
+        if self.tap is None:
+            self.tap = FrameTap(self.events)
+            self.tap.open(f"tap-{self.serial}")
+        self.getAudioMedia(index).startTransmit(self.tap)
+        self._slot = slot
+        self._rx_changed_at = time.monotonic()

@@ -1,0 +1,315 @@
+"""The pjsua2 `Endpoint` on its own thread: library life cycle, transports, accounts, calls.
+
+Every pjsua2 object is created, used and destroyed on the one thread `SipEndpoint` starts
+(the "SIP thread"), which polls the library with `libHandleEvents` (`threadCnt=0`,
+`mainThreadOnly`), runs jobs posted from other threads with `call_soon`, checks RTP timeouts,
+and drops the references of finished calls so Python frees them there too. Only the media
+clock thread calls in on its own (`FrameTap.onFrameReceived`), and it only hands frames over.
+
+    SipEndpoint(settings, screen, admit).start()   # blocking: raises SipStartError
+    endpoint.call_soon(fn)                          # any thread: run fn on the SIP thread
+    endpoint.answer(serial, 200) / endpoint.hang_up(serial, reason)
+    endpoint.stop()                                 # blocking: hangs up, destroys the library
+
+Shutdown hangs up every call and waits (briefly) for each to disconnect, unregisters the
+trunks, frees calls, taps and accounts, and only then calls `libDestroy`: a `pj.Call` that
+outlived the library would abort the process. pjsua2 allows one `Endpoint` per process, so
+one `SipEndpoint` may run at a time (start another after the first has stopped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import pjsua2 as pj
+
+from app.dialplans import Dialplan
+from app.settings import SipSettings
+from sip.account import (
+    InboundAccount,
+    RegisteredAccount,
+    RegistrationState,
+    inbound_config,
+    registration_config,
+)
+from sip.call import CallEvents, SipCall
+from sip.screen import Offer, Screen, Verdict, address_uri, header, request_user, source_ip
+
+log = logging.getLogger("hearsay.sip")
+
+POLL_MS = 10  # libHandleEvents timeout: the longest a posted job waits
+TICK_S = 1.0  # how often RTP timeouts are checked
+HANGUP_WAIT_S = 3.0  # how long shutdown waits for calls to disconnect
+PJSUA_MAX_CALLS = 32  # compile-time ceiling of the pjsua build
+
+# (offer, dialplan, serial) -> the admitted call's event sink; runs on the SIP thread.
+AdmitHandler = Callable[[Offer, Dialplan, int], CallEvents]
+
+_CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
+_PJ_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING}
+
+
+class SipStartError(RuntimeError):
+    """The SIP user agent could not start (e.g. its port is taken); the message says why."""
+
+
+class _LogWriter(pj.LogWriter):
+    """Forwards pjsua's own log lines to Python logging (called from any pjsua2 thread)."""
+
+    def write(self, entry: pj.LogEntry) -> None:
+        try:
+            level = _PJ_LOG_LEVELS.get(entry.level, logging.DEBUG)
+            log.log(level, "pjsua: %s", entry.msg.rstrip())
+        except Exception:  # a raise here would unwind through C++
+            pass
+
+
+class SipEndpoint:
+    """One running pjsua2 user agent (see the module docstring for the thread contract)."""
+
+    def __init__(self, settings: SipSettings, screen: Screen, admit: AdmitHandler) -> None:
+        self.settings = settings
+        self._screen = screen
+        self._admit = admit
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._start_error: str | None = None
+        # Below: touched only on the SIP thread (reads of the counters from elsewhere are fine).
+        self._ep: pj.Endpoint | None = None
+        self._writer: _LogWriter | None = None
+        self._accounts: list[InboundAccount] = []
+        self._calls: dict[int, SipCall] = {}
+        self._admitted: set[int] = set()
+        self._graveyard: list[SipCall] = []
+        self._serial = 0
+        self._closing = False
+        self.transports: list[str] = []
+        self.refused = 0
+
+    # -- any thread -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._ready.is_set()
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._admitted)
+
+    def registrations(self) -> list[RegistrationState]:
+        return [a.state for a in list(self._accounts) if isinstance(a, RegisteredAccount)]
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the SIP thread and wait until the library listens (raises SipStartError)."""
+        self._thread = threading.Thread(target=self._run, name="sip", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise SipStartError("the SIP user agent did not start in time")
+        if self._start_error is not None:
+            self._thread.join(timeout)
+            raise SipStartError(self._start_error)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Hang up every call, destroy the library, and join the SIP thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("the SIP thread did not stop in %.0f s", timeout)
+
+    def call_soon(self, job: Callable[[], None]) -> None:
+        """Run `job` on the SIP thread (it must not block)."""
+        self._jobs.put(job)
+
+    def answer(self, serial: int, code: int, reason: str = "") -> None:
+        """Answer an admitted call's INVITE (200 takes it; >= 300 refuses it)."""
+        self.call_soon(lambda: self._answer(serial, code, reason))
+
+    def hang_up(self, serial: int, reason: str) -> None:
+        """End a call from our side; its `CallEvents.ended` reports `reason`."""
+        self.call_soon(lambda: self._hang_up(serial, reason))
+
+    # -- the SIP thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._open()
+        except Exception as exc:
+            self._start_error = _describe(exc, self.settings)
+            log.error("SIP user agent failed to start: %s", self._start_error)
+            self._ready.set()
+            self._destroy()
+            return
+        self._ready.set()
+        next_tick = time.monotonic() + TICK_S
+        while not self._stop.is_set():
+            self._poll()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_S
+                self._check_media()
+        self._shutdown()
+
+    def _poll(self, msec: int = POLL_MS) -> None:
+        assert self._ep is not None
+        try:
+            self._ep.libHandleEvents(msec)
+        except Exception:
+            log.exception("libHandleEvents failed")
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                job()
+            except Exception:
+                log.exception("a SIP job failed")
+        self._graveyard.clear()
+
+    def _open(self) -> None:
+        s = self.settings
+        ep = pj.Endpoint()
+        self._ep = ep
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.maxCalls = min(PJSUA_MAX_CALLS, s.max_calls + 4)
+        cfg.uaConfig.userAgent = "Hearsay"
+        self._writer = _LogWriter()
+        cfg.logConfig.writer = self._writer
+        cfg.logConfig.level = 3
+        cfg.logConfig.consoleLevel = 3
+        cfg.logConfig.decor = 0
+        cfg.medConfig.clockRate = 8000
+        cfg.medConfig.sndClockRate = 8000
+        cfg.medConfig.noVad = True
+        cfg.medConfig.ecTailLen = 0
+        ep.libInit(cfg)
+        kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
+        for name in s.transports:
+            tcfg = pj.TransportConfig()
+            tcfg.port = s.port
+            if s.host not in ("0.0.0.0", ""):
+                tcfg.boundAddress = s.host
+            ep.transportCreate(kinds[name], tcfg)
+            self.transports.append(f"{name}:{s.host}:{s.port}")
+        ep.libStart()
+        ep.audDevManager().setNullDev()
+        self._set_codecs(ep)
+        inbound = InboundAccount(self._incoming)
+        inbound.create(inbound_config(s), True)
+        self._accounts.append(inbound)
+        for reg in s.registrations:
+            account = RegisteredAccount(reg, self._incoming)
+            account.create(registration_config(reg, s))
+            self._accounts.append(account)
+        log.info("SIP user agent listening on %s", ", ".join(self.transports))
+
+    def _set_codecs(self, ep: pj.Endpoint) -> None:
+        wanted = [_CODEC_IDS[c.upper()] for c in self.settings.codecs]
+        for codec in ep.codecEnum2():
+            cid = codec.codecId
+            rank = next((i for i, w in enumerate(wanted) if cid.startswith(w)), None)
+            ep.codecSetPriority(cid, 0 if rank is None else 250 - rank)
+
+    def _incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
+        msg = prm.rdata.wholeMsg
+        offer = Offer(call_id=header(msg, "Call-ID", "i"), from_=address_uri(header(msg, "From", "f")),
+                      to=address_uri(header(msg, "To", "t")), user=request_user(msg),
+                      source_ip=source_ip(prm.rdata.srcAddress), message=msg)
+        self._serial += 1
+        call = SipCall(account, prm.callId, self._serial, offer, self._gone)
+        self._calls[call.serial] = call
+        if self._closing:
+            call.respond(503, "Service Unavailable")
+            return
+        verdict, plan = self._screen.check(offer, self.active_calls)
+        if verdict is not None or plan is None:
+            self.refused += 1
+            verdict = verdict or Verdict(404, "Not Found")
+            code, reason, headers = verdict.code, verdict.reason, verdict.headers
+            log.info("SIP call %s from %s to %r refused: %d %s", offer.call_id, offer.source_ip,
+                     offer.user, code, reason)
+            call.respond(code, reason, headers)
+            return
+        self._admitted.add(call.serial)
+        call.events = self._admit(offer, plan, call.serial)
+
+    def _answer(self, serial: int, code: int, reason: str) -> None:
+        call = self._calls.get(serial)
+        if call is not None and not call.gone:
+            try:
+                call.respond(code, reason)
+            except pj.Error as exc:
+                log.warning("answering %s failed: %s", call.offer.call_id, exc.info())
+
+    def _hang_up(self, serial: int, reason: str) -> None:
+        call = self._calls.get(serial)
+        if call is not None:
+            call.hang_up(reason, code=0 if call.confirmed else 480)
+
+    def _gone(self, call: SipCall) -> None:
+        self._calls.pop(call.serial, None)
+        self._admitted.discard(call.serial)
+        self._graveyard.append(call)  # freed after the callback returns, still on this thread
+
+    def _check_media(self) -> None:
+        limit = self.settings.rtp_timeout_s
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        for call in list(self._calls.values()):
+            if call.media_silence_s(now) >= limit:
+                log.info("SIP call %s: no RTP for %d s, hanging up", call.offer.call_id, limit)
+                call.hang_up("rtp_timeout")
+
+    def _shutdown(self) -> None:
+        self._closing = True
+        for call in list(self._calls.values()):
+            call.hang_up("shutdown", code=0 if call.confirmed else 503)
+        deadline = time.monotonic() + HANGUP_WAIT_S
+        while self._calls and time.monotonic() < deadline:
+            self._poll(20)
+        registered = [a for a in self._accounts if isinstance(a, RegisteredAccount)]
+        for account in registered:
+            with contextlib.suppress(pj.Error):
+                account.shutdown()
+        if registered:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                self._poll(20)
+        self._destroy()
+
+    def _destroy(self) -> None:
+        # Everything that wraps a pjsua2 object goes before the library does.
+        for call in self._calls.values():
+            call.tap = None
+        self._calls.clear()
+        self._graveyard.clear()
+        self._accounts.clear()
+        gc.collect()
+        if self._ep is not None:
+            try:
+                self._ep.libDestroy()
+            except Exception:
+                log.exception("libDestroy failed")
+            self._ep = None
+        self._writer = None
+        gc.collect()
+        log.info("SIP user agent stopped")
+
+
+def _describe(exc: Exception, settings: SipSettings) -> str:
+    detail = exc.info() if isinstance(exc, pj.Error) else str(exc)
+    if "transportCreate" in detail or "Address already in use" in detail:
+        return f"sip.port: cannot listen on {settings.host}:{settings.port}: {detail}"
+    return detail
