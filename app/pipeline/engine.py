@@ -41,6 +41,7 @@ from app.pipeline.vad import (
     SpeechResumed,
     SpeechStarted,
     UtteranceEnded,
+    VadEvent,
     VADStream,
 )
 from app.settings import AsrSettings, VadSettings
@@ -111,8 +112,9 @@ class SpeechEngine:
                 f"sample rate {audio.sample_rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
         recognizer = self.recognizer(model)
         if language and language not in ("auto", "en") and not recognizer.multilingual:
+            name = model or self.default_model
             raise UnknownModelError(
-                f"language {language!r} needs a multilingual model; {model or self.default_model!r} is English-only")
+                f"language {language!r} needs a multilingual model; {name!r} is English-only")
         self._start_schedulers()
         words = self.asr_settings.word_timestamps if word_timestamps is None else word_timestamps
         return EngineStream(self, audio, recognizer, language, interim_results, words)
@@ -326,7 +328,7 @@ class EngineStream:
             self._has_room.set()
             self._outbox.put_nowait(None)
 
-    def _handle(self, events: list[object]) -> None:
+    def _handle(self, events: list[VadEvent]) -> None:
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._utt_start = event.start_s

@@ -68,7 +68,7 @@ class Recognizer:
         return cls(model, settings)
 
     def _encode_array(self, audio: np.ndarray) -> np.ndarray:
-        frames = int(round(len(audio) / SAMPLE_RATE * _FRAMES_PER_S)) // 2 * 2
+        frames = round(len(audio) / SAMPLE_RATE * _FRAMES_PER_S) // 2 * 2
         feats = self._model.feature_extractor(audio, padding=0)[:, :frames]
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
         return np.array(self._model.model.encode(view, to_cpu=True))
