@@ -77,10 +77,10 @@ def create_app(settings: Settings, *, engine: SpeechEngine | None = None) -> web
 
 def _add_ingress(app: web.Application) -> None:
     """Each audio source registers its routes (and any cleanup_ctx of its own) here."""
-    from app.ingress import stream
+    from app.ingress import stream, twilio
 
     stream.setup(app)
-    # Twilio (POST /twilio/voice, GET /twilio/media): its owner adds `twilio.setup(app)` here.
+    twilio.setup(app)  # POST /twilio/voice, GET /twilio/media
     # SIP user agent: its owner appends its cleanup_ctx here (after _calls_ctx, so the agent
     # stops before the hub ends the remaining calls).
 
@@ -108,9 +108,9 @@ def _engine_ctx(given: SpeechEngine | None) -> Callable[[web.Application], Async
             app[ENGINE_ERROR] = f"{type(exc).__name__}: {exc}"
         yield
         loaded = app[ENGINE]
-        close = getattr(loaded, "close", None)
-        if close is not None:
-            await loop.run_in_executor(None, close)
+        if loaded is not None:
+            await loaded.aclose()
+            await loop.run_in_executor(None, loaded.close)
 
     return engine_ctx
 
