@@ -81,8 +81,11 @@ def _add_ingress(app: web.Application) -> None:
 
     stream.setup(app)
     twilio.setup(app)  # POST /twilio/voice, GET /twilio/media
-    # SIP user agent: its owner appends its cleanup_ctx here (after _calls_ctx, so the agent
-    # stops before the hub ends the remaining calls).
+    # SIP user agent (after _calls_ctx, so the agent stops before the hub ends the remaining calls).
+    if app[SETTINGS].sip.enabled:
+        from sip.agent import sip_ctx
+
+        app.cleanup_ctx.append(sip_ctx)
 
 
 # -- resources ----------------------------------------------------------------------------------
