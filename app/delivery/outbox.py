@@ -140,6 +140,10 @@ class Outbox:
         at = time.time() if now is None else now
         return await self._run(_head_of_call, call_id, at)
 
+    async def next_attempt_at(self) -> float | None:
+        """When the earliest waiting retry falls due (Unix seconds), or None with nothing pending."""
+        return await self._run(_next_attempt_at)
+
     async def mark_delivered(self, event_id: str, attempts: int) -> None:
         await self._run(_update, event_id, Status.DELIVERED, attempts, None, "")
 
@@ -162,6 +166,10 @@ class Outbox:
 
     async def count(self, status: Status) -> int:
         return await self._run(_count, status)
+
+    async def counts(self) -> dict[Status, int]:
+        """How many events there are of each status."""
+        return await self._run(_counts)
 
     async def get(self, event_id: str) -> OutboxRecord | None:
         return await self._run(_get, event_id)
@@ -262,6 +270,14 @@ def _head_of_call(conn: sqlite3.Connection, call_id: str, now: float) -> OutboxR
     return _record(row)
 
 
+def _next_attempt_at(conn: sqlite3.Connection) -> float | None:
+    (at,) = conn.execute(
+        "SELECT MIN(next_at) FROM events AS e WHERE status = 'pending'"
+        " AND seq = (SELECT MIN(seq) FROM events WHERE call_id = e.call_id AND status = 'pending')"
+    ).fetchone()
+    return None if at is None else float(at)
+
+
 def _update(conn: sqlite3.Connection, event_id: str, status: Status, attempts: int | None,
             next_at: float | None, error: str) -> None:
     with conn:
@@ -288,6 +304,11 @@ def _stop_call(conn: sqlite3.Connection, call_id: str, error: str) -> int:
 def _count(conn: sqlite3.Connection, status: Status) -> int:
     (n,) = conn.execute("SELECT COUNT(*) FROM events WHERE status = ?", (status.value,)).fetchone()
     return int(n)
+
+
+def _counts(conn: sqlite3.Connection) -> dict[Status, int]:
+    found = dict(conn.execute("SELECT status, COUNT(*) FROM events GROUP BY status").fetchall())
+    return {status: int(found.get(status.value, 0)) for status in Status}
 
 
 def _get(conn: sqlite3.Connection, event_id: str) -> OutboxRecord | None:

@@ -111,6 +111,8 @@ class Deliverer:
         if self._task is not None:
             raise RuntimeError("Deliverer already started")
         self._outbox.add_listener(self.nudge)
+        # Retries a previous run scheduled fall due at their time, not at the next poll.
+        self._next_retry_at = await self._outbox.next_attempt_at() or math.inf
         self._task = asyncio.create_task(self._dispatch_loop(), name="webhook-dispatcher")
 
     def nudge(self) -> None:
