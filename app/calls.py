@@ -191,24 +191,28 @@ class Call:
     async def end(self, reason: str = "hangup") -> None:
         """Finalise the open utterance, emit `call.ended`, release the streams. Idempotent:
         later calls (with any reason) wait for the first one to finish."""
+        await self._close(reason, finalise=True)
+
+    async def abort(self, reason: str = "aborted") -> None:
+        """End the call without finalising the open utterance (its audio is dropped); still
+        emits `call.ended` with the finals so far. Idempotent like `end`."""
+        await self._close(reason, finalise=False)
+
+    async def _close(self, reason: str, *, finalise: bool) -> None:
         if self._ending is None:
-            self._ending = asyncio.ensure_future(self._finish(reason))
+            self._ending = asyncio.ensure_future(self._finish(reason, finalise))
         await asyncio.shield(self._ending)
 
-    async def abort(self) -> None:
-        """Drop the call without finalising (engine streams abandoned); still emits call.ended."""
-        for stream in self._streams.values():
-            with contextlib.suppress(Exception):
-                await stream.aclose()
-        await self.end("aborted")
-
-    async def _finish(self, reason: str) -> None:
+    async def _finish(self, reason: str, finalise: bool) -> None:
         with bind_call(self.id):
             for stream in self._streams.values():
                 try:
-                    await stream.finish()
+                    if finalise:
+                        await stream.finish()
+                    else:
+                        await stream.aclose()
                 except Exception:
-                    log.exception("finishing the engine stream failed")
+                    log.exception("closing the engine stream failed")
                     with contextlib.suppress(Exception):
                         await stream.aclose()
             await asyncio.gather(*self._consumers, return_exceptions=True)
@@ -272,11 +276,13 @@ class Call:
             self._safely(on_transcript, result)
 
     def _observe_latency(self, result: Transcript) -> None:
+        # end of speech arrived -> (VAD waits for silence, queues) -> recognizer compute -> here
         arrived = self._arrival_of(result.end_s)
+        self._metrics.asr_latency.observe(result.compute_s)
         if arrived is None:
             return
         if result.emitted_at:
-            self._metrics.asr_latency.observe(max(0.0, result.emitted_at - arrived))
+            self._metrics.vad_latency.observe(max(0.0, result.emitted_at - arrived - result.compute_s))
         self._metrics.end_to_end_latency.labels(self.info.source.value).observe(
             max(0.0, time.monotonic() - arrived))
 
@@ -327,11 +333,12 @@ class CallHub:
 
     async def start(self, info: CallInfo, audio: AudioFormat, *, language: str | None = None,
                     model: str | None = None, interim_results: bool = False,
-                    agent_audio: AudioFormat | None = None) -> Call:
+                    word_timestamps: bool | None = None, agent_audio: AudioFormat | None = None) -> Call:
         """Open the engine stream(s) and emit `call.started`.
 
         `language`/`model` override the dialplan's; interim results are computed when the
-        caller asks (`interim_results`) or the dialplan wants `utterance.partial` events.
+        caller asks (`interim_results`) or the dialplan wants `utterance.partial` events;
+        `word_timestamps` None follows `[asr] word_timestamps`.
         Raises `CallRejected`, or the engine's `AudioFormatError` / `UnknownModelError`
         before anything is emitted. A call id already live is rejected.
         """
@@ -344,6 +351,8 @@ class CallHub:
         plan = info.dialplan
         want_interims = interim_results or (plan is not None and plan.interim_results)
         options: dict[str, Any] = {"interim_results": want_interims}
+        if word_timestamps is not None:
+            options["word_timestamps"] = word_timestamps
         if language or plan is not None:
             options["language"] = language or (plan.language if plan else None)
         if model or plan is not None:

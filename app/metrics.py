@@ -34,10 +34,11 @@ class Metrics:
             ["source"], registry=r)
         self.vad_latency = Histogram(
             "hearsay_vad_latency_seconds",
-            "From the end of speech in the audio to the end-of-utterance decision",
+            "From the arrival of an utterance's last audio to its final result, less recognizer "
+            "compute (silence the VAD waits for, queueing)",
             registry=r, buckets=_LATENCY_BUCKETS)
         self.asr_latency = Histogram(
-            "hearsay_asr_latency_seconds", "From the end-of-utterance decision to the final transcript",
+            "hearsay_asr_latency_seconds", "Recognizer compute per final utterance",
             registry=r, buckets=_LATENCY_BUCKETS)
         self.end_to_end_latency = Histogram(
             "hearsay_end_to_end_latency_seconds",

@@ -114,6 +114,7 @@ class StreamSession:
         self._settings = app[SETTINGS]
         self._call: Call | None = None
         self._config = proto.StreamConfig()
+        self._finals: list[Transcript] = []  # the finals sent to the client
         self._outgoing: deque[tuple[bool, str]] = deque()  # (droppable, JSON text)
         self._wake = asyncio.Event()
         self._closing = False
@@ -200,7 +201,8 @@ class StreamSession:
                         dialplan=plan)
         try:
             call = await hub.start(info, config.audio, language=config.language, model=config.model,
-                                   interim_results=config.interim_results)
+                                   interim_results=config.interim_results,
+                                   word_timestamps=True if config.words else None)
         except CallRejected as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
         except UnknownModelError as exc:
@@ -232,7 +234,10 @@ class StreamSession:
     # -- results ----------------------------------------------------------------------------
 
     def _on_transcript(self, transcript: Transcript) -> None:
+        if self._config.single_utterance and self._finals:
+            return  # the session is ending; later speech is not this session's
         if transcript.is_final:
+            self._finals.append(transcript)
             self._queue(proto.result(transcript, words=self._config.words), droppable=False)
             if self._config.single_utterance:
                 self.request_end("single_utterance")
@@ -244,8 +249,11 @@ class StreamSession:
             self._send_error(code, message)
         call = self._call
         if call is not None:
-            await call.end(reason)
-            self._queue(proto.complete(call.utterances, call.duration_s), droppable=False)
+            if reason == "single_utterance":
+                await call.abort(reason)  # audio after the first utterance is not transcribed
+            else:
+                await call.end(reason)
+            self._queue(proto.complete(self._finals, call.duration_s), droppable=False)
         if self._dropped_interims:
             log.info("dropped %d interim results for a slow client", self._dropped_interims)
         self._closing = True

@@ -1,0 +1,132 @@
+"""Shared pieces for the service tests: real clips, WER, settings in tmp_path, a running app.
+
+Used by test_server, test_calls, test_stream and test_stream_fuzz (not a test module itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import csv
+import dataclasses
+import json
+import wave
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jiwer
+from aiohttp.test_utils import TestServer
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from app.server import create_app
+from app.settings import Settings, load_settings
+
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
+SECRET = "whsec_test_secret"
+_normalize = EnglishTextNormalizer()
+
+
+def clip(name: str) -> bytes:
+    """The PCM s16le samples of `SPEECH/<name>.wav` (16 kHz mono)."""
+    with wave.open(str(SPEECH / f"{name}.wav"), "rb") as wav:
+        assert wav.getsampwidth() == 2 and wav.getnchannels() == 1
+        return wav.readframes(wav.getnframes())
+
+
+def reference(name: str) -> str:
+    with (SPEECH / "manifest.tsv").open(newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["id"] == name:
+                return row["reference"]
+    raise KeyError(name)
+
+
+def wer(ref: str, hyp: str) -> float:
+    """Word error rate after Whisper's English normalisation of both sides."""
+    return float(jiwer.wer(_normalize(ref), _normalize(hyp) or "<empty>"))
+
+
+def telephone(pcm16k: bytes) -> bytes:
+    """16 kHz PCM as a caller's phone sends it: 8 kHz G.711 mu-law."""
+    pcm8k, _ = audioop.ratecv(pcm16k, 2, 1, 16000, 8000, None)
+    return audioop.lin2ulaw(pcm8k, 2)
+
+
+def silence(seconds: float, rate: int = 16000) -> bytes:
+    return b"\x00\x00" * int(seconds * rate)
+
+
+def write_dialplan(directory: Path, name: str, url: str = "", *, secret: str = SECRET,
+                   interim: bool = False, catch_all: bool = False) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    match = '["*"]' if catch_all else "[]"
+    (directory / f"{name}.toml").write_text(
+        f'name = "{name}"\n[match]\nsip_user = {match}\ntwilio_to = {match}\n'
+        f'[webhook]\nurl = "{url}"\nsecret = "{secret}"\n'
+        f'[recognition]\nlanguage = "en"\nmodel = "mini"\ninterim_results = {str(interim).lower()}\n')
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """Default settings with the outbox and dialplans in `tmp_path` and SIP off, plus overrides
+    given per section (e.g. `stream={"max_sessions": 1}`)."""
+    base = load_settings(None, environ={})
+    dialplans = tmp_path / "dialplans"
+    dialplans.mkdir(exist_ok=True)
+    changes: dict[str, Any] = {
+        "webhooks": dataclasses.replace(base.webhooks, outbox=str(tmp_path / "outbox.sqlite3"),
+                                        backoff_initial_s=0.1, backoff_max_s=0.5),
+        "dialplans": dataclasses.replace(base.dialplans, dir=str(dialplans)),
+        "sip": dataclasses.replace(base.sip, enabled=False),
+        "http": dataclasses.replace(base.http, host="127.0.0.1", port=0),
+    }
+    for section, values in sections.items():
+        current = changes.get(section, getattr(base, section))
+        changes[section] = dataclasses.replace(current, **values)
+    return dataclasses.replace(base, **changes)
+
+
+@asynccontextmanager
+async def running(settings: Settings, engine: Any) -> AsyncIterator[TestServer]:
+    """The real app on 127.0.0.1 (ephemeral port) sharing the test session's engine."""
+    server = TestServer(create_app(settings, engine=engine), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def send_audio(ws: aiohttp.ClientWebSocketResponse, audio: bytes, *, chunk: int = 3200,
+                     binary: bool = True, pause_s: float = 0.0) -> None:
+    """Send `audio` in chunks (binary or base64 JSON), as fast as the server takes it or with
+    `pause_s` between chunks."""
+    import base64
+
+    for i in range(0, len(audio), chunk):
+        if pause_s and i:
+            await asyncio.sleep(pause_s)
+        part = audio[i:i + chunk]
+        if binary:
+            await ws.send_bytes(part)
+        else:
+            await ws.send_json({"type": "audio_data", "audio": base64.b64encode(part).decode()})
+
+
+async def receive_all(ws: aiohttp.ClientWebSocketResponse, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Every message the server sends until it closes the socket (each must be JSON text)."""
+    messages = []
+    async with asyncio.timeout(timeout):
+        async for msg in ws:
+            assert msg.type is aiohttp.WSMsgType.TEXT, msg
+            messages.append(json.loads(msg.data))
+    return messages
+
+
+async def next_message(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30.0) -> dict[str, Any]:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    result: dict[str, Any] = json.loads(msg.data)
+    return result

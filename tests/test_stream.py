@@ -1,0 +1,241 @@
+"""`/v1/stream` end to end: a real WebSocket client streams real clips to the real app, and a
+real webhook consumer (verifying signatures) receives the words.
+
+Uses the session's shared speech `engine` fixture (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from app.bench.consumer import WebhookConsumer
+from service_helpers import (
+    SECRET,
+    clip,
+    make_settings,
+    next_message,
+    receive_all,
+    reference,
+    running,
+    send_audio,
+    silence,
+    telephone,
+    wer,
+    write_dialplan,
+)
+
+START = {"type": "start_transcription", "config": {"sampleRate": 16000, "encoding": "LINEAR16"}}
+STOP = {"type": "stop_transcription"}
+
+
+@pytest.fixture
+async def consumer() -> Any:
+    hook = WebhookConsumer(SECRET)
+    await hook.start()
+    yield hook
+    await hook.stop()
+
+
+def start(**config: Any) -> dict[str, Any]:
+    return {"type": "start_transcription", "config": {**START["config"], **config}}
+
+
+def finals(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m["result"] for m in messages if m["type"] == "transcription_result" and m["result"]["isFinal"]]
+
+
+async def test_clip_words_reach_client_and_webhook(engine: Any, tmp_path: Path,
+                                                   consumer: WebhookConsumer) -> None:
+    write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
+    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http, \
+            http.ws_connect(server.make_url("/v1/stream")) as ws:
+        await ws.send_json(start(dialplan="bot"))
+        started = await next_message(ws)
+        assert started["type"] == "transcription_started"
+        session_id = started["sessionId"]
+        audio = clip("jfk") + silence(1.0)
+        half = len(audio) // 2 & ~1
+        await send_audio(ws, audio[:half], binary=True)  # binary frames ...
+        await send_audio(ws, audio[half:], binary=False)  # ... and base64 JSON, same stream
+        await ws.send_json(STOP)
+        messages = await receive_all(ws)
+        assert ws.close_code == 1000
+
+    complete = messages[-1]
+    assert complete["type"] == "transcription_complete"
+    assert wer(reference("jfk"), complete["result"]["text"]) < 0.15
+    assert complete["result"]["duration"] == pytest.approx(12.0, abs=0.05)
+    results = finals(messages)
+    assert [r["index"] for r in results] == list(range(len(results)))
+    assert [s["text"] for s in complete["result"]["segments"]] == [r["transcript"] for r in results]
+    for r in results:
+        assert 0 <= r["start_s"] < r["end_s"] <= 12.0 and r["timestamp"] == r["end_s"]
+        assert 0 < r["confidence"] <= 1
+
+    async with asyncio.timeout(30):
+        ended = (await consumer.wait_for(lambda c: c.of_type("call.ended", session_id)))[0]
+    assert consumer.rejected == 0
+    assert ended["call"] == {"id": session_id, "source": "stream", "from": "127.0.0.1",
+                             "to": "/v1/stream", "dialplan": "bot"}
+    assert wer(reference("jfk"), ended["transcript"]) < 0.15
+    hooked = consumer.of_type("utterance.final", session_id)
+    assert [e["utterance"]["text"] for e in hooked] == [r["transcript"] for r in results]
+    assert consumer.of_type("call.started", session_id)
+    types = [e["type"] for e in consumer.events]
+    assert types[0] == "call.started" and types[-1] == "call.ended"
+
+
+async def test_telephone_audio_interims_and_single_utterance(engine: Any, tmp_path: Path) -> None:
+    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+            await ws.send_json(start(encoding="MULAW", sampleRate=8000, interimResults=True))
+            assert (await next_message(ws))["type"] == "transcription_started"
+            # at twice real time (1600 bytes = 200 ms): interims are computed as the speech grows
+            await send_audio(ws, telephone(clip("jfk") + silence(1.0)), chunk=1600, pause_s=0.1)
+            await ws.send_json(STOP)
+            messages = await receive_all(ws)
+        interims = [m["result"] for m in messages
+                    if m["type"] == "transcription_result" and not m["result"]["isFinal"]]
+        assert interims, "interimResults=true gives interim results"
+        assert wer(reference("jfk"), messages[-1]["result"]["text"]) < 0.2
+
+        # singleUtterance: the session ends by itself after the first final.
+        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+            await ws.send_json(start(singleUtterance=True))
+            await next_message(ws)
+            two = clip("ljspeech-LJ001-0002") + silence(1.5) + clip("ljspeech-LJ001-0008") + silence(1.5)
+            await send_audio(ws, two)
+            messages = await receive_all(ws)
+        assert len(finals(messages)) == 1
+        assert messages[-1]["type"] == "transcription_complete"
+        assert wer(reference("ljspeech-LJ001-0002"), messages[-1]["result"]["text"]) < 0.3
+
+
+async def test_two_concurrent_sessions_keep_their_own_words(engine: Any, tmp_path: Path,
+                                                            consumer: WebhookConsumer) -> None:
+    write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
+    names = ["jfk", "ljspeech-LJ001-0009"]
+
+    async def session(http: aiohttp.ClientSession, server: Any, name: str) -> tuple[str, str]:
+        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+            await ws.send_json(start(dialplan="bot"))
+            session_id = (await next_message(ws))["sessionId"]
+            await send_audio(ws, clip(name) + silence(1.0), chunk=640)
+            await ws.send_json(STOP)
+            messages = await receive_all(ws)
+        return session_id, messages[-1]["result"]["text"]
+
+    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http:
+        results = await asyncio.gather(*(session(http, server, n) for n in names))
+    for name, (session_id, text) in zip(names, results, strict=True):
+        assert wer(reference(name), text) < 0.2, (name, text)
+        async with asyncio.timeout(30):
+            ended = await consumer.wait_for(lambda c, s=session_id: c.of_type("call.ended", s))
+        assert wer(reference(name), ended[0]["transcript"]) < 0.2
+
+
+async def test_bad_input_gets_error_codes_and_the_session_goes_on(engine: Any, tmp_path: Path) -> None:
+    write_dialplan(tmp_path / "dialplans", "quiet")
+    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http, \
+            http.ws_connect(server.make_url("/v1/stream")) as ws:
+
+        async def error_for(message: str | bytes | dict[str, Any]) -> str:
+            if isinstance(message, dict):
+                await ws.send_json(message)
+            elif isinstance(message, bytes):
+                await ws.send_bytes(message)
+            else:
+                await ws.send_str(message)
+            reply = await next_message(ws)
+            assert reply["type"] == "error" and reply["message"], reply
+            return str(reply["code"])
+
+        assert await error_for("{not json") == "invalid_json"
+        assert await error_for("[1, 2]") == "invalid_json"
+        assert await error_for({"config": {}}) == "invalid_message"
+        assert await error_for({"type": "dance"}) == "unknown_type"
+        assert await error_for(b"\x00\x01" * 100) == "not_started"
+        assert await error_for({"type": "audio_data", "audio": "AAAA"}) == "not_started"
+        assert await error_for(STOP) == "not_started"
+        assert await error_for(start(encoding="WEBM_OPUS")) == "unsupported_encoding"
+        assert await error_for(start(encoding="FLAC9")) == "unsupported_encoding"
+        assert await error_for(start(sampleRate=4000)) == "unsupported_sample_rate"
+        assert await error_for(start(sampleRate="fast")) == "invalid_config"
+        assert await error_for(start(interimResults="yes")) == "invalid_config"
+        assert await error_for(start(colour="blue")) == "invalid_config"
+        assert await error_for(start(dialplan="nope")) == "unknown_dialplan"
+        assert await error_for(start(model="gigantic")) == "unknown_model"
+
+        await ws.send_json(start(dialplan="quiet"))
+        assert (await next_message(ws))["type"] == "transcription_started"
+        assert await error_for(start()) == "already_started"
+        assert await error_for({"type": "audio_data", "audio": "not base64!"}) == "invalid_base64"
+        assert await error_for({"type": "audio_data", "audio": 5}) == "invalid_message"
+        assert await error_for(b"\x00\x01\x02") == "invalid_audio"
+        odd = base64.b64encode(b"\x00" * 321).decode()
+        assert await error_for({"type": "audio_data", "audio": odd}) == "invalid_audio"
+
+        # ... and the session still transcribes.
+        await send_audio(ws, clip("ljspeech-LJ001-0008") + silence(1.0))
+        await ws.send_json(STOP)
+        messages = await receive_all(ws)
+    assert messages[-1]["type"] == "transcription_complete"
+    assert wer(reference("ljspeech-LJ001-0008"), messages[-1]["result"]["text"]) < 0.3
+
+
+async def test_limits_answer_with_a_code_then_close(engine: Any, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, stream={"max_message_bytes": 4096, "max_sessions": 1,
+                                               "max_session_s": 2})
+    async with running(settings, engine) as server, aiohttp.ClientSession() as http:
+        url = server.make_url("/v1/stream")
+        async with http.ws_connect(url) as ws:
+            await ws.send_json(START)
+            await next_message(ws)
+            # a second session while the first is open
+            async with http.ws_connect(url) as other:
+                messages = await receive_all(other)
+            assert [m.get("code") for m in messages] == ["too_many_sessions"]
+            assert other.close_code == 1013
+
+            await ws.send_bytes(b"\x00" * 5000)
+            messages = await receive_all(ws)
+        assert messages[0]["code"] == "message_too_large"
+        assert messages[-1]["type"] == "transcription_complete"
+        assert ws.close_code == 1009
+
+        async with http.ws_connect(url) as ws:
+            await ws.send_json(START)
+            await next_message(ws)
+            await send_audio(ws, silence(3.0), chunk=3200)
+            messages = await receive_all(ws)
+        assert messages[0]["code"] == "session_too_long"
+        assert messages[-1]["type"] == "transcription_complete"
+        assert ws.close_code == 1008
+
+
+async def test_api_keys_are_checked_before_the_upgrade(engine: Any, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, auth={"api_keys": ["k-123"]})
+    async with running(settings, engine) as server, aiohttp.ClientSession() as http:
+        url = server.make_url("/v1/stream")
+        for headers, query in (({}, ""), ({"Authorization": "Bearer wrong"}, ""), ({}, "?api_key=nope")):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"{url}{query}", headers=headers)
+            assert refused.value.status == 401
+        async with http.get(url) as response:
+            assert response.status == 401
+            assert json.loads(await response.text())["error"] == "unauthorized"
+        for headers, query in (({"Authorization": "Bearer k-123"}, ""), ({}, "?api_key=k-123")):
+            async with http.ws_connect(f"{url}{query}", headers=headers) as ws:
+                await ws.send_json(START)
+                assert (await next_message(ws))["type"] == "transcription_started"
+                await ws.send_json(STOP)
+                messages = await receive_all(ws)
+            assert messages[-1] == {"type": "transcription_complete",
+                                    "result": {"text": "", "segments": [], "duration": 0.0}}
