@@ -2,8 +2,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian packages the tests use as real peers (sipp as the SIP caller, sipvicious for scans).
-TEST_DEBS := sip-tester sipvicious sox
+# Debian packages the tests use as real peers (sipp as the SIP caller, sipvicious for scans,
+# nodejs runs the Node.js signature-check snippet of docs/webhooks.md).
+TEST_DEBS := sip-tester sipvicious sox nodejs
 
 .PHONY: run test install install-test debs lint clean
 
