@@ -5,11 +5,12 @@ in order (shutdown closes in reverse):
 
     engine      SpeechEngine.load() in an executor (or the one passed in, e.g. by tests);
                 a failure is kept, /health answers 503 and calls are refused
-    dialplans   Dialplans.load(settings.dialplans.dir): a bad file stops start-up
     http        one aiohttp ClientSession for webhook POSTs
     outbox      the SQLite outbox and the Deliverer worker (stop flushes what it can)
-    calls       the CallHub; closing it ends every live call, so in-flight utterances are
-                finalised and their events reach the outbox before the Deliverer stops
+    calls       the dialplans (a bad file stops start-up) and the CallHub, which holds the
+                live set (`hub.dialplans`, replaced by SIGHUP); closing the hub ends every
+                live call, so in-flight utterances are finalised and their events reach the
+                outbox before the Deliverer stops
 
 `on_shutdown` also closes the hub, so WebSocket handlers see their calls end (and send their
 final results) while the server is still draining connections.
@@ -44,7 +45,6 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ENGINE: web.AppKey[SpeechEngine | None] = web.AppKey("engine")
 ENGINE_ERROR: web.AppKey[str] = web.AppKey("engine_error")
-DIALPLANS: web.AppKey[Dialplans] = web.AppKey("dialplans")
 HTTP_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_session")
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 DELIVERER: web.AppKey[Deliverer] = web.AppKey("deliverer")
@@ -64,7 +64,6 @@ def create_app(settings: Settings, *, engine: SpeechEngine | None = None) -> web
     app[HEALTH_CHECKS] = {}
     app[ENGINE_ERROR] = ""
     app.cleanup_ctx.append(_engine_ctx(engine))
-    app.cleanup_ctx.append(_dialplans_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_calls_ctx)
@@ -118,13 +117,6 @@ def _engine_ctx(given: SpeechEngine | None) -> Callable[[web.Application], Async
     return engine_ctx
 
 
-async def _dialplans_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[DIALPLANS] = await asyncio.get_running_loop().run_in_executor(None, load_dialplans, app[SETTINGS])
-    log.info("dialplans loaded from %s: %s", app[SETTINGS].dialplans.dir,
-             ", ".join(p.name for p in app[DIALPLANS]) or "(none)")
-    yield
-
-
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=app[SETTINGS].webhooks.timeout_s)
     async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "Hearsay"}) as session:
@@ -152,7 +144,11 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
-    hub = CallHub(app[ENGINE], app[DIALPLANS], app[OUTBOX], app[METRICS])
+    settings = app[SETTINGS]
+    plans = await asyncio.get_running_loop().run_in_executor(None, load_dialplans, settings)
+    log.info("dialplans loaded from %s: %s", settings.dialplans.dir,
+             ", ".join(p.name for p in plans) or "(none)")
+    hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS])
     app[CALL_HUB] = hub
     yield
     await hub.close("shutdown")
@@ -179,7 +175,6 @@ async def reload_dialplans(app: web.Application) -> bool:
     except DialplanError as exc:
         log.error("dialplan reload failed, keeping the previous set: %s", exc)
         return False
-    app[DIALPLANS] = plans
     app[CALL_HUB].dialplans = plans
     log.info("dialplans reloaded: %s", ", ".join(p.name for p in plans) or "(none)")
     return True
@@ -194,7 +189,7 @@ async def health(request: web.Request) -> web.Response:
     engine_error = app[ENGINE_ERROR]
     components: dict[str, dict[str, Any]] = {
         "engine": {"status": "failed", "error": engine_error} if engine_error else {"status": "ok"},
-        "dialplans": {"status": "ok", "loaded": [p.name for p in app[DIALPLANS]]},
+        "dialplans": {"status": "ok", "loaded": [p.name for p in app[CALL_HUB].dialplans]},
     }
     depth = -1
     try:

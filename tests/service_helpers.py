@@ -115,18 +115,18 @@ async def send_audio(ws: aiohttp.ClientWebSocketResponse, audio: bytes, *, chunk
             await ws.send_json({"type": "audio_data", "audio": base64.b64encode(part).decode()})
 
 
-async def receive_all(ws: aiohttp.ClientWebSocketResponse, timeout: float = 120.0) -> list[dict[str, Any]]:
+async def receive_all(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 120.0) -> list[dict[str, Any]]:
     """Every message the server sends until it closes the socket (each must be JSON text)."""
     messages = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(wait_s):
         async for msg in ws:
             assert msg.type is aiohttp.WSMsgType.TEXT, msg
             messages.append(json.loads(msg.data))
     return messages
 
 
-async def next_message(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30.0) -> dict[str, Any]:
-    msg = await ws.receive(timeout=timeout)
+async def next_message(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 30.0) -> dict[str, Any]:
+    msg = await ws.receive(timeout=wait_s)
     assert msg.type is aiohttp.WSMsgType.TEXT, msg
     result: dict[str, Any] = json.loads(msg.data)
     return result

@@ -14,8 +14,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from app.bench.consumer import WebhookConsumer
 from service_helpers import (
     SECRET,
     clip,
@@ -30,6 +28,8 @@ from service_helpers import (
     wer,
     write_dialplan,
 )
+
+from app.bench.consumer import WebhookConsumer
 
 START = {"type": "start_transcription", "config": {"sampleRate": 16000, "encoding": "LINEAR16"}}
 STOP = {"type": "stop_transcription"}
