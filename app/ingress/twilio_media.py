@@ -8,7 +8,7 @@
                 the caller) or `call.push_agent` (outbound, speaker "agent", when the
                 dialplan's `agent_track` is on and Twilio streams both tracks)
     dtmf     -> `call.dtmf(digit)`
-    mark     -> `on_mark` callbacks (talk-back learns its audio has played)
+    mark     -> the sender's mark listeners (talk-back learns its audio has played)
     stop     -> flush, `call.end("hangup")`; a socket that closes or goes idle without `stop`
                 ends the call too ("disconnected"), so what was heard is still delivered
 
@@ -57,6 +57,20 @@ class TwilioSender:
     def __init__(self, ws: web.WebSocketResponse, stream_sid: str) -> None:
         self.stream_sid = stream_sid
         self._ws = ws
+        self._mark_listeners: list[Callable[[str], None]] = []
+
+    def listen_marks(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call `callback(name)` when Twilio reports a mark played; returns an unsubscriber."""
+        self._mark_listeners.append(callback)
+        return lambda: self._mark_listeners.remove(callback) if callback in self._mark_listeners else None
+
+    def mark_played(self, name: str) -> None:
+        """Twilio echoed mark `name`: tell the listeners (a failing one is logged)."""
+        for callback in list(self._mark_listeners):
+            try:
+                callback(name)
+            except Exception:
+                log.exception("twilio stream %s: a mark listener failed", self.stream_sid)
 
     async def send_media(self, payload: bytes) -> None:
         """Queue 8 kHz μ-law audio for Twilio to play to the caller."""
@@ -89,7 +103,7 @@ class MediaSession:
         self.stream_sid = ""
         self.call: Call | None = None
         self.bad_frames = 0
-        self.on_mark: list[Callable[[str], None]] = []
+        self.sender: TwilioSender | None = None
         self._inbound = JitterBuffer()
         self._outbound = JitterBuffer()
         self._agent = False
@@ -145,9 +159,8 @@ class MediaSession:
             self._media(self.call, message)
         elif isinstance(message, Dtmf):
             self.call.dtmf(message.digit)
-        else:
-            for callback in list(self.on_mark):
-                callback(message.name)
+        elif self.sender is not None:
+            self.sender.mark_played(message.name)
         return True
 
     async def _start(self, start: Start) -> bool:
@@ -175,7 +188,8 @@ class MediaSession:
             log.warning("twilio stream %s (call %s): call refused: %s", start.stream_sid, start.call_sid, exc)
             await self._ws.close(message=str(exc).encode()[:120])
             return False
-        self._senders[self.call.id] = TwilioSender(self._ws, start.stream_sid)
+        self.sender = TwilioSender(self._ws, start.stream_sid)
+        self._senders[self.call.id] = self.sender
         log.info("twilio stream %s: call %s from %r to %r, dialplan %s, tracks %s", start.stream_sid,
                  start.call_sid, from_, to, plan.name, ",".join(start.tracks))
         return True

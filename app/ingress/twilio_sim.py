@@ -113,7 +113,8 @@ class SimCall:
     auth_token: str = ""  # signs the WebSocket upgrade like Twilio does
     outbound_audio: bytes | None = None  # the other party, sent as the "outbound" track
     send_stop: bool = True  # False: the socket just closes, as when a connection drops
-    # Raw text frames to send before media frame N (tests use it for malformed input).
+    # Raw text frames sent before `start`, and before media frame N (tests: malformed input).
+    before_start: Sequence[str] = ()
     inject: Mapping[int, Sequence[str]] = field(default_factory=dict)
     call_sid: str = field(default_factory=lambda: new_sid("CA"))
     stream_sid: str = field(default_factory=lambda: new_sid("MZ"))
@@ -202,6 +203,8 @@ async def _send(
         return seq
 
     await send(Connected())
+    for raw in call.before_start:
+        await ws.send_str(raw)
     tracks = ("inbound", "outbound") if call.outbound_audio is not None else ("inbound",)
     await send(Start(next_seq(), call.stream_sid, call.account_sid, call.call_sid, tracks,
                      dict(call.custom_parameters)))
