@@ -132,13 +132,18 @@ class Recognizer:
     def _is_silence(self, text: str, no_speech: float, avg_logprob: float) -> bool:
         if not re.search(r"\w", text):
             return True
+        # Whisper's own rule (both signals) misses its favourite hallucination: silence heard
+        # as "you" with fair confidence. A no-speech probability halfway from the threshold
+        # to certainty is enough on its own.
         s = self._settings
-        return no_speech > s.no_speech_threshold and avg_logprob < s.log_prob_threshold
+        if no_speech <= s.no_speech_threshold:
+            return False
+        return avg_logprob < s.log_prob_threshold or no_speech > (1 + s.no_speech_threshold) / 2
 
     def _align(self, tok: Tokenizer, tokens: list[int], enc: ctranslate2.StorageView,
                duration: float) -> tuple[Word, ...]:
         frames = int(duration * _FRAMES_PER_S)
-        aligned = self._model.find_alignment(tok, tokens, enc, frames)
+        aligned = self._model.find_alignment(tok, [tokens], enc, frames)[0]
         return tuple(
             Word(text=w["word"].strip(), start_s=float(w["start"]), end_s=float(w["end"]),
                  probability=float(w["probability"]))
