@@ -1,5 +1,7 @@
 """Silero VAD segmentation on real speech."""
 
+import itertools
+
 import numpy as np
 import pytest
 import speech
@@ -61,7 +63,7 @@ def test_long_speech_is_cut_at_max_utterance(model: SileroVAD) -> None:
     assert all(u.end_s - u.start_s <= 6.05 for u in utts)
     assert any(u.forced for u in utts)
     # the cuts leave no gap: consecutive forced pieces meet
-    for first, second in zip(utts, utts[1:], strict=False):
+    for first, second in itertools.pairwise(utts):
         if first.forced:
             assert abs(second.start_s - first.end_s) < 0.05
 
