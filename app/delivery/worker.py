@@ -136,7 +136,11 @@ class Deliverer:
         try:
             async with asyncio.timeout(flush_timeout_s):
                 while True:
-                    await self._dispatch()
+                    try:
+                        await self._dispatch()
+                    except Exception:
+                        log.exception("webhook flush: reading the outbox failed")
+                        break
                     if not self._lanes:
                         break
                     await asyncio.wait(list(self._lanes.values()), return_when=asyncio.FIRST_COMPLETED)
@@ -184,8 +188,11 @@ class Deliverer:
         if self._lanes.get(call_id) is task:
             del self._lanes[call_id]
         if not task.cancelled() and task.exception() is not None:
+            # Most likely the outbox failed (disk full?). No immediate wake: the next poll
+            # tries again, rather than re-sending in a tight loop.
             log.error("webhook lane for call %s failed", call_id, exc_info=task.exception(),
                       extra={"call_id": call_id})
+            return
         self._wake.set()
 
     async def _lane(self, record: OutboxRecord) -> None:
@@ -221,6 +228,9 @@ class Deliverer:
         except TimeoutError:
             error = f"timed out after {self._settings.timeout_s}s"
         except aiohttp.ClientError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # anything else the request raised: still a retryable failure
+            log.exception("webhook %s: unexpected error sending to %s", event.id, event.url)
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.monotonic() - started
         extra = {"call_id": event.call_id, "event_id": event.id}
