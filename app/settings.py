@@ -74,6 +74,7 @@ class WebhookSettings:
     max_attempts: int = 15
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 300.0
+    keep_delivered_days: float = 7.0
 
 
 @dataclass(frozen=True, slots=True)

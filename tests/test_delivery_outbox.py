@@ -138,6 +138,7 @@ async def test_list_counts_and_purge(outbox: Outbox) -> None:
     assert (counts[Status.DELIVERED], counts[Status.DEAD], counts[Status.PENDING]) == (2, 1, 1)
     assert [r.event.id for r in await outbox.list()] == [e.id for e in reversed(sent)]
     assert [r.event.id for r in await outbox.list(Status.DELIVERED, limit=1)] == [sent[1].id]
+    assert await outbox.purge(Status.DELIVERED, older_than=time.time() - 3600) == 0  # both are recent
     assert await outbox.purge(Status.DELIVERED) == 2
     assert [r.event.id for r in await outbox.list()] == [sent[3].id, sent[2].id]
 

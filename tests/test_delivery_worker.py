@@ -401,3 +401,28 @@ async def test_events_survive_kill_9_and_are_delivered_once_after_restart(
     assert len(set(consumer.ids())) == 20
     assert consumer.bad_signatures == 0
 
+
+
+@pytest.mark.parametrize("keep_days", [0.0, 1e-9])
+async def test_old_delivered_events_are_purged_unless_kept_forever(
+        outbox: Outbox, session: aiohttp.ClientSession, keep_days: float) -> None:
+    done, dead = said("call-a", 0, "http://127.0.0.1:9/"), said("call-b", 0, "http://127.0.0.1:9/")
+    for event in (done, dead):
+        await outbox.add(event)
+    await outbox.mark_delivered(done.id, 1)
+    await outbox.mark_dead(dead.id, "HTTP 500", 5)
+    settings = WebhookSettings(keep_delivered_days=keep_days)
+    deliverer = Deliverer(outbox, session, settings)
+    await deliverer.start()
+    try:
+        async with asyncio.timeout(5):
+            while keep_days:  # the dispatcher's first round purges
+                if await outbox.get(done.id) is None:
+                    break
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+    finally:
+        await deliverer.stop()
+    left = {r.event.id for r in await outbox.list()}
+    assert dead.id in left  # dead letters wait for an operator
+    assert (done.id in left) is (keep_days == 0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -189,9 +190,9 @@ class Outbox:
                 callback()
         return count
 
-    async def purge(self, status: Status) -> int:
-        """Delete every event of `status`; returns how many."""
-        return await self._run(_purge, status)
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete the events of `status` (last changed before `older_than`, if given)."""
+        return await self._run(_purge, status, older_than)
 
     async def close(self) -> None:
         """Close the database; further calls fail."""
@@ -354,8 +355,9 @@ def _retry(conn: sqlite3.Connection, ids: tuple[str, ...] | None) -> int:
     return len(targets)
 
 
-def _purge(conn: sqlite3.Connection, status: Status) -> int:
+def _purge(conn: sqlite3.Connection, status: Status, older_than: float | None) -> int:
     with conn:
-        cur = conn.execute("DELETE FROM events WHERE status = ?", (status.value,))
+        cur = conn.execute("DELETE FROM events WHERE status = ? AND updated_at < ?",
+                           (status.value, math.inf if older_than is None else older_than))
     return cur.rowcount
 

@@ -12,7 +12,8 @@ anything else, a timeout or a network error = retry after an exponential backoff
 The dispatcher wakes when the outbox reports an `add()` (so the POST follows within a few
 milliseconds), when a retry falls due, and at least every `poll_interval_s` (to see events
 another process, e.g. `python -m app outbox retry`, made pending). At `start()` it picks up
-whatever a previous run left pending.
+whatever a previous run left pending. Every few minutes it purges events delivered more than
+`keep_delivered_days` ago, so the outbox does not grow without bound.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from app.delivery.events import WebhookEvent
-from app.delivery.outbox import Outbox, OutboxRecord
+from app.delivery.outbox import Outbox, OutboxRecord, Status
 from app.delivery.sign import EVENT_ID_HEADER, HEADER, sign
 from app.settings import WebhookSettings
 
@@ -41,6 +42,7 @@ log = logging.getLogger("hearsay.webhook")
 
 USER_AGENT = "Hearsay/0.1"
 MAX_ANSWER_BYTES = 1 << 20
+PRUNE_INTERVAL_S = 600.0  # how often delivered events past `keep_delivered_days` are purged
 
 
 class Outcome(StrEnum):
@@ -103,6 +105,7 @@ class Deliverer:
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         self._wake = asyncio.Event()
         self._next_retry_at = math.inf
+        self._pruned_at = -math.inf
         self._lanes: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -164,12 +167,28 @@ class Deliverer:
                 await asyncio.sleep(self._poll_interval_s)
                 continue
             now = time.time()
+            if now >= self._pruned_at + PRUNE_INTERVAL_S:
+                self._pruned_at = now
+                await self._prune(now)
             if self._next_retry_at <= now:
                 self._next_retry_at = math.inf
             delay = max(0.0, min(self._poll_interval_s, self._next_retry_at - now))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
+
+    async def _prune(self, now: float) -> None:
+        """Forget delivered events older than `keep_delivered_days` (0 keeps them)."""
+        days = self._settings.keep_delivered_days
+        if days <= 0:
+            return
+        try:
+            count = await self._outbox.purge(Status.DELIVERED, older_than=now - days * 86400)
+        except Exception:
+            log.exception("webhook outbox: purging old delivered events failed")
+            return
+        if count:
+            log.info("webhook outbox: purged %d events delivered more than %g days ago", count, days)
 
     async def _dispatch(self) -> None:
         """Start a lane for each call whose next event is due, up to the concurrency limit."""
