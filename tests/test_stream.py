@@ -239,3 +239,47 @@ async def test_api_keys_are_checked_before_the_upgrade(engine: Any, tmp_path: Pa
                 messages = await receive_all(ws)
             assert messages[-1] == {"type": "transcription_complete",
                                     "result": {"text": "", "segments": [], "duration": 0.0}}
+
+
+async def test_shutdown_finishes_open_sessions(engine: Any, tmp_path: Path, consumer: WebhookConsumer) -> None:
+    write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
+    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http, \
+            http.ws_connect(server.make_url("/v1/stream")) as ws:
+        await ws.send_json(start(dialplan="bot"))
+        session_id = (await next_message(ws))["sessionId"]
+        await send_audio(ws, clip("ljspeech-LJ001-0002"))  # no silence, no stop: mid-utterance
+        await ws.send_json({"type": "barrier"})  # answered in order: all audio was taken
+        assert (await next_message(ws))["code"] == "unknown_type"
+        reader = asyncio.create_task(receive_all(ws))
+        await server.close()  # what SIGTERM does: the app shuts down gracefully
+        messages = await reader
+        assert ws.close_code == 1001
+    assert messages[-1]["type"] == "transcription_complete"
+    assert wer(reference("ljspeech-LJ001-0002"), messages[-1]["result"]["text"]) < 0.3
+    async with asyncio.timeout(30):
+        ended = await consumer.wait_for(lambda c: c.of_type("call.ended", session_id))
+    assert ended[0]["reason"] == "shutdown"
+    assert [e["utterance"]["text"] for e in consumer.of_type("utterance.final", session_id)] == [
+        messages[-1]["result"]["text"]]
+
+
+async def test_a_client_that_does_not_read_does_not_hold_up_others(engine: Any, tmp_path: Path) -> None:
+    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http:
+        url = server.make_url("/v1/stream")
+        async with http.ws_connect(url) as lazy, http.ws_connect(url) as busy:
+            await lazy.send_json(start(interimResults=True, words=True))
+            await busy.send_json(start())
+            assert (await next_message(busy))["type"] == "transcription_started"
+            # the lazy client sends lots of speech and never reads its results ...
+            await send_audio(lazy, (clip("jfk") + silence(0.5)) * 3, chunk=16000)
+            # ... while the other session is served in full
+            await send_audio(busy, clip("ljspeech-LJ001-0002") + silence(1.0))
+            await busy.send_json(STOP)
+            messages = await receive_all(busy)
+            assert wer(reference("ljspeech-LJ001-0002"), messages[-1]["result"]["text"]) < 0.3
+            await lazy.send_json(STOP)
+            lazy_messages = await receive_all(lazy)
+    results = finals(lazy_messages)
+    assert len(results) >= 3 and all("words" in r for r in results)
+    assert lazy_messages[-1]["type"] == "transcription_complete"
+    assert wer(" ".join([reference("jfk")] * 3), lazy_messages[-1]["result"]["text"]) < 0.2
