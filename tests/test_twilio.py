@@ -28,7 +28,14 @@ from app.ingress.twilio_sim import SimCall, SimResult, post_voice_webhook, read_
 from app.pipeline.decode import decode
 from app.pipeline.events import Encoding
 from app.server import create_app
-from app.settings import DialplanSettings, HttpSettings, Settings, TwilioSettings, WebhookSettings
+from app.settings import (
+    DialplanSettings,
+    HttpSettings,
+    Settings,
+    SipSettings,
+    TwilioSettings,
+    WebhookSettings,
+)
 
 TOKEN = "test-auth-token"
 SECRET = "whsec_test"
@@ -118,6 +125,7 @@ def _settings(tmp: Path, consumer: Consumer, public_url: str = "") -> Settings:
     return Settings(
         http=HttpSettings(host="127.0.0.1", port=0, public_url=public_url),
         twilio=TwilioSettings(auth_token=TOKEN),
+        sip=SipSettings(enabled=False),
         webhooks=WebhookSettings(outbox=str(tmp / "outbox.sqlite3"), backoff_initial_s=0.05),
         dialplans=DialplanSettings(dir=str(plans)),
     )
