@@ -109,7 +109,7 @@ _HEADINGS = ("ID", "TYPE", "CALL", "STATUS", "TRIES", "CREATED", "NEXT/UPDATED",
 def _row(record: OutboxRecord) -> tuple[str, ...]:
     event = record.event
     when = record.next_at if record.status is Status.PENDING else record.updated_at
-    return (event.id, event.type.value, _short(event.call_id, 24), record.status.value,
+    return (event.id, event.type.value, event.call_id, record.status.value,
             str(record.attempts), _stamp(event.created_at), _stamp(when), _short(record.last_error, 60))
 
 
