@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,3 +355,28 @@ async def test_the_server_can_speak_mark_and_clear_into_the_call(
     assert result.marks_echoed == ["reply-1"]
     await consumer.wait(call_sid)
     assert played == ["reply-1"]
+
+
+async def test_the_command_line_simulator_places_a_call(hearsay: Hearsay, consumer: Consumer) -> None:
+    """`python -m app twilio-sim --voice-url … FILE`, run as a user would, is heard."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "twilio-sim", "--voice-url", hearsay.voice_url,
+        "--auth-token", TOKEN, "--to", SUPPORT, "--speed", "2", "--dtmf", "7",
+        str(clip_path("cards-005")),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[1])
+    out, err = await asyncio.wait_for(process.communicate(), WAIT_S)
+    assert process.returncode == 0, err.decode()
+    summary = json.loads(out)
+    ended = await consumer.wait(summary["callSid"])
+    assert wer(reference("cards-005"), ended["transcript"]) <= 0.3, ended["transcript"]
+    assert [e["dtmf"]["digit"] for e in consumer.of(summary["callSid"], "dtmf")] == ["7"]
+
+
+async def test_the_command_line_simulator_reports_a_rejected_call(hearsay: Hearsay) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "twilio-sim", "--voice-url", hearsay.voice_url,
+        "--auth-token", TOKEN, "--to", UNROUTED, str(clip_path("cards-001")),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[1])
+    _, err = await asyncio.wait_for(process.communicate(), WAIT_S)
+    assert process.returncode == 1
+    assert "rejected" in err.decode()
