@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.delivery import events
 from app.delivery.events import CallRef
@@ -117,3 +119,15 @@ def test_docs_node_snippet_verifies_hearsay_signatures(tmp_path: Path) -> None:
     script.write_text(doc_snippet("verify-node") + harness)
     done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=30, check=True)
     assert json.loads(done.stdout) == [valid for _, _, valid in cases]
+
+
+@given(secret=st.text(min_size=1), body=st.binary(), other=st.binary())
+def test_any_body_round_trips_and_any_other_body_fails(secret: str, body: bytes, other: bytes) -> None:
+    header = sign(secret, body)
+    assert verify(secret, body, header)
+    assert verify(secret, other, header) is (other == body)
+
+
+@given(header=st.text())
+def test_arbitrary_headers_never_raise(header: str) -> None:
+    assert verify("k", BODY, header) in (True, False)
