@@ -147,7 +147,7 @@ class Outbox:
         """When the earliest waiting retry falls due (Unix seconds), or None with nothing pending."""
         return await self._run(_next_attempt_at)
 
-    async def mark_delivered(self, event_id: str, attempts: int) -> None:
+    async def mark_delivered(self, event_id: str, attempts: int | None = None) -> None:
         await self._run(_update, event_id, Status.DELIVERED, attempts, None, "")
 
     async def mark_retry(self, event_id: str, attempts: int, next_at: float, error: str) -> None:
