@@ -141,7 +141,7 @@ async def _wait_healthy(http: aiohttp.ClientSession, base: str, process: subproc
             await asyncio.sleep(0.2)
 
 
-async def test_serve_survives_kill_9_mid_stream_without_losing_a_final(tmp_path: Path) -> None:
+async def test_serve_survives_kill_9_mid_stream_and_reloads_on_sighup(tmp_path: Path) -> None:
     consumer = WebhookConsumer(SECRET)
     await consumer.start()
     consumer.status = 503  # the assistant is down while Hearsay is killed
@@ -186,6 +186,15 @@ async def test_serve_survives_kill_9_mid_stream_without_losing_a_final(tmp_path:
                 finals = await consumer.wait_for(
                     lambda c: len(c.of_type("utterance.final", session_id)) >= len(names)
                     and c.of_type("utterance.final", session_id))
+            # SIGHUP re-reads the dialplans
+            write_dialplan(tmp_path / "dialplans", "later")
+            process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(30):
+                while True:
+                    async with http.get(f"{base}/health") as response:
+                        if "later" in (await response.json())["components"]["dialplans"]["loaded"]:
+                            break
+                    await asyncio.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
