@@ -25,7 +25,14 @@ from twilio.request_validator import RequestValidator
 
 from app.delivery.sign import verify
 from app.ingress.twilio import TWILIO_SENDERS
-from app.ingress.twilio_sim import SimCall, SimResult, post_voice_webhook, read_wav_mulaw, stream_call
+from app.ingress.twilio_sim import (
+    NetworkFaults,
+    SimCall,
+    SimResult,
+    post_voice_webhook,
+    read_wav_mulaw,
+    stream_call,
+)
 from app.pipeline.decode import decode
 from app.pipeline.events import Encoding
 from app.server import create_app
@@ -266,9 +273,26 @@ async def test_utterance_times_match_the_audio(hearsay: Hearsay, consumer: Consu
     await consumer.wait(result.call_sid)
     utterances = [e["utterance"] for e in consumer.of(result.call_sid, "utterance.final")]
     assert utterances, "nothing was heard"
-    assert lead + begin - 0.5 <= utterances[0]["start_s"] <= lead + begin + 0.3
+    assert lead + begin - 0.8 <= utterances[0]["start_s"] <= lead + begin + 0.3  # start includes pre-roll
     assert lead + end - 0.3 <= utterances[-1]["end_s"] <= lead + end + 0.6
     assert wer(reference("arctic-aew-a0003"), " ".join(u["text"] for u in utterances)) <= 0.3
+
+
+async def test_late_repeated_and_lost_frames_do_not_shift_the_times(
+    hearsay: Hearsay, consumer: Consumer
+) -> None:
+    lead = 1.5
+    speech = clip("arctic-aew-a0003")
+    begin, end = speech_bounds(speech)
+    bad_network = NetworkFaults(reorder_frames=3, duplicate_every=7, drop_every=40, seed=4)
+    result = await place_call(hearsay, silence(lead) + speech, network=bad_network)
+    ended = await consumer.wait(result.call_sid)
+    utterances = ended["utterances"]
+    assert utterances, "nothing was heard"
+    assert lead + begin - 0.8 <= utterances[0]["start_s"] <= lead + begin + 0.3  # start includes pre-roll
+    assert lead + end - 0.3 <= utterances[-1]["end_s"] <= lead + end + 0.6
+    assert wer(reference("arctic-aew-a0003"), ended["transcript"]) <= 0.3, ended["transcript"]
+    assert ended["duration_s"] == pytest.approx(result.audio_s, abs=0.03)
 
 
 async def test_pressed_keys_reach_the_webhook(hearsay: Hearsay, consumer: Consumer) -> None:

@@ -13,7 +13,9 @@ It does what Twilio does when a number's voice webhook points at Hearsay:
 Like Twilio, it plays what the server sends back: `mark`s are echoed once the `media` queued
 before them has "played" (in real time), and `clear` returns pending marks at once.
 
-The reusable core is `stream_call(session, SimCall(...))`, used by the tests and by
+`SimCall.network` can damage the inbound media on its way (late, repeated and lost frames) to
+show that the server places audio by timestamp. The reusable core is
+`stream_call(session, SimCall(...))`, used by the tests and by
 `python -m app bench twilio`; `read_wav_mulaw` and `post_voice_webhook` are its helpers.
 """
 
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import secrets
 import sys
 import time
@@ -54,7 +57,8 @@ from app.ingress.twilio_protocol import (
 from app.ingress.twilio_twiml import VoiceAnswer, parse_answer
 from app.ingress.twilio_wav import read_wav_mulaw
 
-__all__ = ["SimCall", "SimResult", "VoiceAnswer", "post_voice_webhook", "read_wav_mulaw", "stream_call"]
+__all__ = ["NetworkFaults", "SimCall", "SimResult", "VoiceAnswer", "post_voice_webhook", "read_wav_mulaw",
+           "stream_call"]
 
 SILENCE_FRAME = b"\xff" * FRAME_BYTES
 DTMF_GAP_FRAMES = 10  # 200 ms of audio between pressed keys
@@ -116,9 +120,44 @@ class SimCall:
     # Raw text frames sent before `start`, and before media frame N (tests: malformed input).
     before_start: Sequence[str] = ()
     inject: Mapping[int, Sequence[str]] = field(default_factory=dict)
+    network: NetworkFaults | None = None  # a bad network between "Twilio" and the server
     call_sid: str = field(default_factory=lambda: new_sid("CA"))
     stream_sid: str = field(default_factory=lambda: new_sid("MZ"))
     account_sid: str = "AC" + "0" * 32
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkFaults:
+    """Damage to the inbound media on its way: late, repeated and lost frames (deterministic)."""
+
+    reorder_frames: int = 0  # each frame may arrive up to this many frames late
+    duplicate_every: int = 0  # every Nth frame arrives twice
+    drop_every: int = 0  # every Nth frame never arrives
+    seed: int = 0
+
+
+class _Network:
+    """Schedules inbound media frames for sending according to `NetworkFaults`."""
+
+    def __init__(self, faults: NetworkFaults | None) -> None:
+        self._faults = faults or NetworkFaults()
+        self._rng = random.Random(self._faults.seed)
+        self._due: dict[int, list[str]] = {}
+
+    def put(self, slot: int, text: str) -> None:
+        f = self._faults
+        if f.drop_every and (slot + 1) % f.drop_every == 0:
+            return
+        at = slot + (self._rng.randint(0, f.reorder_frames) if f.reorder_frames else 0)
+        self._due.setdefault(at, []).append(text)
+        if f.duplicate_every and (slot + 1) % f.duplicate_every == 0:
+            self._due.setdefault(at + 1, []).append(text)
+
+    def take(self, slot: int) -> list[str]:
+        return self._due.pop(slot, [])
+
+    def rest(self) -> list[str]:
+        return [text for slot in sorted(self._due) for text in self._due.pop(slot)]
 
 
 @dataclass(slots=True)
@@ -212,6 +251,7 @@ async def _send(
     outbound = _frames(call.outbound_audio or b"")
     extra = len(call.dtmf) * DTMF_GAP_FRAMES + round(call.hold_s * 1000 / FRAME_MS)
     total = len(frames) + extra
+    network = _Network(call.network)
     loop = asyncio.get_running_loop()
     result.started_at = time.monotonic()
     t0 = loop.time()
@@ -227,7 +267,10 @@ async def _send(
             if key < len(call.dtmf):
                 await send(Dtmf(next_seq(), call.stream_sid, call.dtmf[key]))
         payload = frames[n] if n < len(frames) else SILENCE_FRAME
-        await send(Media(next_seq(), call.stream_sid, "inbound", n + 1, n * FRAME_MS, payload))
+        network.put(n, encode_message(Media(next_seq(), call.stream_sid, "inbound", n + 1, n * FRAME_MS,
+                                            payload)))
+        for text in network.take(n):
+            await ws.send_str(text)
         if call.outbound_audio is not None:
             other = outbound[n] if n < len(outbound) else SILENCE_FRAME
             await send(Media(next_seq(), call.stream_sid, "outbound", n + 1, n * FRAME_MS, other))
@@ -236,6 +279,8 @@ async def _send(
                                 "streamSid": call.stream_sid, "mark": {"name": name}})
             result.marks_echoed.append(name)
         result.frames_sent = n + 1
+    for text in network.rest():
+        await ws.send_str(text)
     result.audio_s = total * FRAME_MS / 1000
     if call.send_stop:
         await send(Stop(next_seq(), call.stream_sid, call.account_sid, call.call_sid))
