@@ -51,6 +51,7 @@ class AsrSettings:
     max_repeats: int = 4
     word_timestamps: bool = False
     model_cache_dir: str = "var/models"
+    context_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class VadSettings:
     min_speech_ms: int = 200
     min_silence_ms: int = 350
     speech_pad_ms: int = 200
+    preroll_ms: int = 300
     max_utterance_s: float = 15.0
 
 
@@ -259,7 +261,7 @@ def _validate(settings: Settings) -> None:
     vad = settings.vad
     if not 0.0 < vad.threshold < 1.0:
         raise SettingsError("vad.threshold: must be between 0 and 1")
-    for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
+    for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms", "preroll_ms"):
         if getattr(vad, name) < 0:
             raise SettingsError(f"vad.{name}: must not be negative")
     if vad.max_utterance_s < 1.0:

@@ -36,8 +36,8 @@ def test_two_sentences_apart_give_two_utterances_at_the_right_times(model: Siler
     utts = ended(run(model, audio))
     assert len(utts) == 2
     b_start = 1.0 + len(a) / 16000 + 1.5
-    assert 0.8 <= utts[0].start_s <= 1.4 and utts[0].end_s <= b_start
-    assert b_start - 0.4 <= utts[1].start_s <= b_start + 0.5
+    assert 0.4 <= utts[0].start_s <= 1.4 and utts[0].end_s <= b_start  # pre-roll reaches back
+    assert b_start - 0.6 <= utts[1].start_s <= b_start + 0.5
     assert utts[1].end_s <= len(audio) / 16000
     # the utterance audio is the span it claims
     assert abs(len(utts[0].audio) / 16000 - (utts[0].end_s - utts[0].start_s)) < 0.01

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 BENCHMARKS = {
     "engine": "app.bench.engine",
@@ -15,11 +16,13 @@ BENCHMARKS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    wanted = next((a for a in sys.argv[2:] if not a.startswith("-")), None)
     for name, module_name in BENCHMARKS.items():
         bench = sub.add_parser(name, help=f"the {name} benchmark")
-        module = importlib.import_module(module_name)
-        module.add_arguments(bench)
-        bench.set_defaults(bench_handler=module.run)
+        if name == wanted:  # import only the benchmark being run
+            module = importlib.import_module(module_name)
+            module.add_arguments(bench)
+            bench.set_defaults(bench_handler=module.run)
 
 
 def run(args: argparse.Namespace) -> int:

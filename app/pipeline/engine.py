@@ -61,6 +61,7 @@ class _Job:
     recognizer: Recognizer = field(compare=False)
     language: str | None = field(compare=False)
     words: bool = field(compare=False)
+    context: str = field(compare=False)
     future: asyncio.Future[Recognition] = field(compare=False)
 
 
@@ -179,9 +180,10 @@ class SpeechEngine:
             self.vad.infer(active)
 
     def submit(self, priority: int, audio: np.ndarray, recognizer: Recognizer,
-               language: str | None, words: bool) -> asyncio.Future[Recognition]:
+               language: str | None, words: bool, context: str = "") -> asyncio.Future[Recognition]:
         future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
-        self._jobs.put_nowait(_Job(priority, next(self._seq), audio, recognizer, language, words, future))
+        job = _Job(priority, next(self._seq), audio, recognizer, language, words, context, future)
+        self._jobs.put_nowait(job)
         return future
 
     async def _asr_worker(self) -> None:
@@ -192,7 +194,8 @@ class SpeechEngine:
                 continue
             try:
                 result = await loop.run_in_executor(
-                    self._asr_pool, job.recognizer.transcribe, job.audio, job.language, job.words)
+                    self._asr_pool, job.recognizer.transcribe, job.audio, job.language, job.words,
+                    job.context)
             except Exception as exc:
                 if not job.future.done():
                     job.future.set_exception(exc)
@@ -234,6 +237,8 @@ class EngineStream:
         self._last_interim_at = 0.0
         self._interim_busy = False
         self._pending_finals = 0
+        self._context_text = ""  # the last final's text, Whisper's context for the next
+        self._context_end_s = -1e9
         self._speculation: tuple[float, asyncio.Future[Recognition]] | None = None
         self.received_bytes = 0
         self.dropped_frames = 0
@@ -334,7 +339,7 @@ class EngineStream:
                 self._utt_start = event.start_s
                 self._last_interim_at = event.start_s
             elif isinstance(event, SpeechPaused):
-                self._speculation = (event.end_s, self._submit(_FINAL, event.audio))
+                self._speculation = (event.end_s, self._submit(_FINAL, event.audio, event.start_s))
             elif isinstance(event, SpeechResumed):
                 self._drop_speculation()
             elif isinstance(event, UtteranceEnded):
@@ -344,12 +349,14 @@ class EngineStream:
                     self._speculation = None
                 self._drop_speculation()
                 if future is None:
-                    future = self._submit(_FINAL, event.audio)
+                    future = self._submit(_FINAL, event.audio, event.start_s)
                 self._queue_final(self._index, event, future)
                 self._index += 1
 
-    def _submit(self, priority: int, audio: np.ndarray) -> asyncio.Future[Recognition]:
-        return self._engine.submit(priority, audio, self._recognizer, self._language, self._words)
+    def _submit(self, priority: int, audio: np.ndarray, start_s: float) -> asyncio.Future[Recognition]:
+        recent = start_s - self._context_end_s <= self._engine.asr_settings.context_s
+        context = self._context_text if recent else ""
+        return self._engine.submit(priority, audio, self._recognizer, self._language, self._words, context)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -388,7 +395,7 @@ class EngineStream:
         self._last_interim_at = now_s
         self._interim_busy = True
         index = self._index
-        future = self._submit(_INTERIM, audio)
+        future = self._submit(_INTERIM, audio, start_s)
 
         def deliver(done: asyncio.Future[Recognition]) -> None:
             self._interim_busy = False
@@ -420,6 +427,7 @@ class EngineStream:
                 transcript = await pending
                 self._pending_finals -= 1
                 if transcript is not None and transcript.text:
+                    self._context_text, self._context_end_s = transcript.text, transcript.end_s
                     self._results.put_nowait(transcript)
         finally:
             self._results.put_nowait(None)

@@ -33,6 +33,7 @@ _FRAMES_PER_S = 100  # mel frames
 _WINDOW_S = 30
 _TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
 _MAX_TOKENS = 440
+_CONTEXT_TOKENS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,11 @@ class Recognizer:
         )
         return cls(model, settings)
 
+    @property
+    def whisper(self) -> WhisperModel:
+        """The underlying faster-whisper model (the benchmark compares it, used stock)."""
+        return self._model
+
     def _encode_array(self, audio: np.ndarray) -> np.ndarray:
         frames = round(len(audio) / SAMPLE_RATE * _FRAMES_PER_S) // 2 * 2
         feats = self._model.feature_extractor(audio, padding=0)[:, :frames]
@@ -82,8 +88,12 @@ class Recognizer:
         return self._tokenizers[language]
 
     def transcribe(self, audio: np.ndarray, language: str | None = None,
-                   word_timestamps: bool = False) -> Recognition:
-        """Recognise one utterance (16 kHz float32, at most 30 s)."""
+                   word_timestamps: bool = False, context: str = "") -> Recognition:
+        """Recognise one utterance (16 kHz float32, at most 30 s).
+
+        `context` is what the speaker said just before (the previous final): Whisper reads
+        it as the preceding text, which keeps a sentence split by a pause coherent.
+        """
         began = time.perf_counter()
         duration = min(len(audio) / SAMPLE_RATE, _WINDOW_S - _TAIL_S)
         length_s = min(float(_WINDOW_S), np.ceil(duration + _TAIL_S))
@@ -98,6 +108,9 @@ class Recognizer:
         lang = self._pick_language(enc_view, language)
         tok = self._tokenizer(lang)
         prompt = [*tok.sot_sequence, tok.no_timestamps]
+        if context.strip():
+            previous = tok.encode(" " + context.strip())[-_CONTEXT_TOKENS:]
+            prompt = [tok.sot_prev, *previous, *prompt]
         result = self._model.model.generate(
             enc_view, [prompt], beam_size=self._settings.beam_size,
             max_length=min(_MAX_TOKENS, int(12 + 8 * duration)), return_scores=True,

@@ -124,6 +124,7 @@ class VADStream:
         self._on = settings.threshold
         self._off = max(settings.threshold - 0.15, 0.01)
         self._pad = int(settings.speech_pad_ms * SAMPLE_RATE / 1000)
+        self._preroll = int(settings.preroll_ms * SAMPLE_RATE / 1000)
         self._min_silence = int(settings.min_silence_ms * SAMPLE_RATE / 1000)
         self._min_speech = int(settings.min_speech_ms * SAMPLE_RATE / 1000)
         self._max_len = int(settings.max_utterance_s * SAMPLE_RATE)
@@ -164,7 +165,7 @@ class VADStream:
         self._pos += CHUNK
         self._step(chunk_start, prob)
         if not self._speaking:
-            self._audio.forget_before(self._pos - self._pad - CHUNK)
+            self._audio.forget_before(self._pos - self._preroll - CHUNK)
 
     def take_events(self) -> list[VadEvent]:
         events, self._events = self._events, []
@@ -174,7 +175,7 @@ class VADStream:
         """The open utterance so far (start time, audio), for interim results."""
         if not self._speaking:
             return None
-        start = max(self._utt_start - self._pad, self._audio.start)
+        start = max(self._start_index(), self._audio.start)
         return start / SAMPLE_RATE, self._audio.slice(start, self._pos)
 
     def flush(self) -> list[VadEvent]:
@@ -223,7 +224,7 @@ class VADStream:
             self._force_cut()
 
     def _start_index(self) -> int:
-        return max(self._utt_start - self._pad, 0)
+        return max(self._utt_start - self._preroll, self._audio.start, 0)
 
     def _end_utterance(self, speech_end: int, forced: bool) -> None:
         start = self._start_index()
@@ -246,7 +247,7 @@ class VADStream:
         self._end_utterance(cut, forced=True)
         # The speech goes on: the next utterance starts at the cut, with no extra padding.
         self._speaking = True
-        self._utt_start = cut + self._pad
+        self._utt_start = cut + self._preroll
         self._voiced = sum(CHUNK for _, p in remaining if p >= self._on)
         self._probs = remaining
         self._events.append(SpeechStarted(cut / SAMPLE_RATE))
