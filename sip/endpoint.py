@@ -46,7 +46,15 @@ log = logging.getLogger("hearsay.sip")
 POLL_MS = 10  # libHandleEvents timeout: the longest a posted job waits
 TICK_S = 1.0  # how often RTP timeouts are checked
 HANGUP_WAIT_S = 3.0  # how long shutdown waits for calls to disconnect
-PJSUA_MAX_CALLS = 32  # compile-time ceiling of the pjsua build
+# The pjsua2 wheel's media ioqueue holds 64 sockets; each call takes two (RTP, RTCP), and a
+# closed socket's slot is only reusable ~0.5 s later. So pjsua may hold CALL_SLOTS calls at
+# once, refusals are sent REFUSE_DELAY_S late (a flood then churns slots at most once a
+# second, and pjsua itself answers 486 without media once all are taken), and at most
+# MAX_ADMITTED calls are taken. Past 64 sockets pjlib asserts and the process aborts.
+CALL_SLOTS = 20
+MAX_ADMITTED = 16
+REFUSE_DELAY_S = 1.0
+JB_MAX_MS = 1000  # the jitter buffer absorbs bursts up to this long
 
 # (offer, dialplan, serial) -> the admitted call's event sink; runs on the SIP thread.
 AdmitHandler = Callable[[Offer, Dialplan, int], CallEvents]
@@ -75,6 +83,10 @@ class SipEndpoint:
 
     def __init__(self, settings: SipSettings, screen: Screen, admit: AdmitHandler) -> None:
         self.settings = settings
+        if screen.max_calls > MAX_ADMITTED:
+            log.warning("sip.max_calls = %d: this pjsua2 build carries at most %d calls at once; using %d",
+                        screen.max_calls, MAX_ADMITTED, MAX_ADMITTED)
+            screen.max_calls = MAX_ADMITTED
         self._screen = screen
         self._admit = admit
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -93,6 +105,7 @@ class SipEndpoint:
         self._closing = False
         self.transports: list[str] = []
         self.refused = 0
+        self._refusals: list[tuple[float, int, Verdict]] = []  # (when, serial, answer)
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -172,7 +185,19 @@ class SipEndpoint:
                 job()
             except Exception:
                 log.exception("a SIP job failed")
+        if self._refusals and self._refusals[0][0] <= time.monotonic():
+            self._send_refusals(time.monotonic())
         self._graveyard.clear()
+
+    def _send_refusals(self, now: float) -> None:
+        while self._refusals and self._refusals[0][0] <= now:
+            _, serial, verdict = self._refusals.pop(0)
+            call = self._calls.get(serial)
+            if call is not None and not call.gone:
+                try:
+                    call.respond(verdict.code, verdict.reason, verdict.headers)
+                except pj.Error as exc:
+                    log.debug("refusing %s: %s", call.offer.call_id, exc.info())
 
     def _open(self) -> None:
         s = self.settings
@@ -182,7 +207,7 @@ class SipEndpoint:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = min(PJSUA_MAX_CALLS, s.max_calls + 4)
+        cfg.uaConfig.maxCalls = CALL_SLOTS
         cfg.uaConfig.userAgent = "Hearsay"
         self._writer = _LogWriter()
         cfg.logConfig.writer = self._writer
@@ -193,6 +218,7 @@ class SipEndpoint:
         cfg.medConfig.sndClockRate = 8000
         cfg.medConfig.noVad = True
         cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.jbMax = JB_MAX_MS
         ep.libInit(cfg)
         kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
         for name in s.transports:
@@ -236,10 +262,9 @@ class SipEndpoint:
         if verdict is not None or plan is None:
             self.refused += 1
             verdict = verdict or Verdict(404, "Not Found")
-            code, reason, headers = verdict.code, verdict.reason, verdict.headers
             log.info("SIP call %s from %s to %r refused: %d %s", offer.call_id, offer.source_ip,
-                     offer.user, code, reason)
-            call.respond(code, reason, headers)
+                     offer.user, verdict.code, verdict.reason)
+            self._refusals.append((time.monotonic() + REFUSE_DELAY_S, call.serial, verdict))
             return
         self._admitted.add(call.serial)
         call.events = self._admit(offer, plan, call.serial)
@@ -273,29 +298,34 @@ class SipEndpoint:
                 call.hang_up("rtp_timeout")
 
     def _shutdown(self) -> None:
+        # Each step is its own method so that no local variable here keeps a pjsua2 object
+        # alive past libDestroy (a pj.Call freed after the library aborts the process).
         self._closing = True
-        for call in list(self._calls.values()):
-            call.hang_up("shutdown", code=0 if call.confirmed else 503)
+        self._send_refusals(float("inf"))
+        self._hang_up_all()
         deadline = time.monotonic() + HANGUP_WAIT_S
         while self._calls and time.monotonic() < deadline:
             self._poll(20)
-        registered = [a for a in self._accounts if isinstance(a, RegisteredAccount)]
-        for account in registered:
-            with contextlib.suppress(pj.Error):
-                account.shutdown()
-        if registered:
+        if self._unregister_all():
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline:
                 self._poll(20)
         self._destroy()
 
+    def _hang_up_all(self) -> None:
+        for call in list(self._calls.values()):
+            call.hang_up("shutdown", code=0 if call.confirmed else 503)
+
+    def _unregister_all(self) -> bool:
+        registered = [a for a in self._accounts if isinstance(a, RegisteredAccount)]
+        for account in registered:
+            with contextlib.suppress(pj.Error):
+                account.shutdown()
+        return bool(registered)
+
     def _destroy(self) -> None:
         # Everything that wraps a pjsua2 object goes before the library does.
-        for call in self._calls.values():
-            call.tap = None
-        self._calls.clear()
-        self._graveyard.clear()
-        self._accounts.clear()
+        self._forget_objects()
         gc.collect()
         if self._ep is not None:
             try:
@@ -306,6 +336,14 @@ class SipEndpoint:
         self._writer = None
         gc.collect()
         log.info("SIP user agent stopped")
+
+
+    def _forget_objects(self) -> None:
+        for call in self._calls.values():
+            call.tap = None
+        self._calls.clear()
+        self._graveyard.clear()
+        self._accounts.clear()
 
 
 def _describe(exc: Exception, settings: SipSettings) -> str:

@@ -1,0 +1,141 @@
+"""Shared pieces for the SIP tests: free ports, clips as sipp streams them, running sipp.
+
+Not a test module itself; used by test_sip_endpoint, test_sip_agent and the SIP benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import socket
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SIPP_DIR = Path(__file__).resolve().parent / "sipp"
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for UDP and TCP on 127.0.0.1 right now (high, ephemeral range)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive ports that are free for UDP now."""
+    while True:
+        start = free_port()
+        if start + count > 65000:
+            continue
+        sockets = []
+        try:
+            for p in range(start, start + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", p))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+
+
+def clip_ulaw(name: str, directory: Path, *, tail_s: float = 0.0) -> bytes:
+    """Write `directory/clip.ulaw` (what sipp's rtp_stream plays: raw 8 kHz mu-law) from a
+    speech clip, with `tail_s` of silence after it; returns the 8 kHz PCM it encodes."""
+    with wave.open(str(SPEECH / f"{name}.wav"), "rb") as wav:
+        rate = wav.getframerate()
+        pcm = wav.readframes(wav.getnframes())
+    if rate != 8000:
+        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
+    pcm += b"\x00\x00" * int(tail_s * 8000)
+    ulaw = audioop.lin2ulaw(pcm, 2)
+    (directory / "clip.ulaw").write_bytes(ulaw)
+    return audioop.ulaw2lin(ulaw, 2)
+
+
+def tone_ulaw(directory: Path, seconds: float, hz: float = 440.0) -> bytes:
+    """Write a tone as `directory/clip.ulaw`; returns its 8 kHz PCM."""
+    t = np.arange(int(seconds * 8000)) / 8000
+    pcm = (8000 * np.sin(2 * np.pi * hz * t)).astype("<i2").tobytes()
+    ulaw = audioop.lin2ulaw(pcm, 2)
+    (directory / "clip.ulaw").write_bytes(ulaw)
+    return audioop.ulaw2lin(ulaw, 2)
+
+
+def similarity(received: bytes, sent: bytes, chunk_s: float = 0.2) -> float:
+    """How faithfully `sent` is found in `received`: the median, over the clip's 200 ms
+    chunks that carry sound, of each chunk's best normalised cross-correlation near where it
+    belongs (1.0 = bit-exact). A frame the jitter buffer drops spoils only its own chunk."""
+    rx = np.frombuffer(received, dtype="<i2").astype(np.float64)
+    ref = np.frombuffer(sent, dtype="<i2").astype(np.float64)
+    if len(rx) < len(ref) // 2 or not ref.any():
+        return 0.0
+    n = int(chunk_s * 8000)
+    slack = 8000  # one second either side of the chunk's expected place
+    padded = np.concatenate([np.zeros(slack), rx, np.zeros(slack + len(ref))])
+    scores = []
+    for start in range(0, len(ref) - n + 1, n):
+        seg = ref[start:start + n]
+        if np.sqrt(np.mean(seg**2)) < 100:  # near silence: nothing to match
+            continue
+        window = padded[start:start + len(rx) - len(ref) + 2 * slack + n]
+        corr = np.correlate(window, seg, "valid")
+        energy = np.sqrt(np.convolve(window**2, np.ones(n), "valid"))
+        ncc = corr / (energy * np.linalg.norm(seg) + 1e-9)
+        scores.append(float(ncc.max()))
+    return float(np.median(scores)) if scores else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SippResult:
+    returncode: int
+    output: str
+    log: str  # what the scenario's <log> actions wrote
+
+
+def sipp_args(scenario: str, port: int, user: str, *, pause_ms: int = 1000, calls: int = 1,
+              rate: float = 10.0, extra: tuple[str, ...] = (), log_file: Path | None = None) -> list[str]:
+    local = free_port()
+    media = free_port_range(8)
+    args = ["sipp", f"127.0.0.1:{port}", "-sf", str(SIPP_DIR / scenario), "-s", user,
+            "-m", str(calls), "-l", str(calls), "-r", str(rate), "-d", str(pause_ms),
+            "-i", "127.0.0.1", "-p", str(local), "-mp", str(media), "-nostdin",
+            "-timeout", "90s", "-timeout_error", "-max_recv_loops", "1000"]
+    if log_file is not None:
+        args += ["-trace_logs", "-log_file", str(log_file)]
+    return args + list(extra)
+
+
+def run_sipp(scenario: str, port: int, user: str, cwd: Path, **kwargs: object) -> SippResult:
+    """Run sipp to completion (blocking) with its working directory `cwd`."""
+    log_file = cwd / f"sipp-{free_port()}.log"
+    args = sipp_args(scenario, port, user, log_file=log_file, **kwargs)  # type: ignore[arg-type]
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+    log = log_file.read_text() if log_file.exists() else ""
+    return SippResult(done.returncode, done.stdout[-3000:] + done.stderr[-3000:], log)
+
+
+async def run_sipp_async(scenario: str, port: int, user: str, cwd: Path, **kwargs: object) -> SippResult:
+    """`run_sipp` without blocking the event loop."""
+    log_file = cwd / f"sipp-{free_port()}.log"
+    args = sipp_args(scenario, port, user, log_file=log_file, **kwargs)  # type: ignore[arg-type]
+    proc = await asyncio.create_subprocess_exec(*args, cwd=cwd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 150)
+    log = log_file.read_text() if log_file.exists() else ""
+    return SippResult(proc.returncode or 0, out.decode(errors="replace")[-6000:], log)
