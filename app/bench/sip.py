@@ -1,0 +1,212 @@
+"""`python -m app bench sip --calls N`: N concurrent sipp calls, each streaming speech.
+
+In one process: the speech engine, a Hearsay server with the SIP user agent on loopback
+ports, and a signature-checking webhook consumer; then one `sipp` process places N calls at
+once (tests/sipp/uac_stream.xml), each streaming the same μ-law file in real time: a second of
+silence, then a few speech clips separated by silence, then a BYE.
+
+Latency per clip: from the true end of its speech (the moment its last loud frame was due
+at Hearsay, counted from when the hub started the call, just before the 200 OK) to the arrival
+at the webhook of the `utterance.final` covering it. Reported: p50/p95/max, WER, process CPU
+(percent of one core), peak RSS, frames the engine dropped, and audio lost on the way (seconds
+sent minus seconds the call received). Target: the largest N with p95 <= 1.5 s and no lost audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import audioop
+import json
+import resource
+import sys
+import tempfile
+import time
+import wave
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from app.bench.consumer import WebhookConsumer
+from app.server import CALL_HUB, METRICS, create_app
+from app.settings import DialplanSettings, HttpSettings, Settings, load_settings
+
+DEFAULT_CLIPS = ("arctic-aew-a0001", "timit-LDC93S1", "cards-005")
+REPO = Path(__file__).resolve().parents[2]
+SPEECH_DIR = REPO.parent / "shared" / "speech"
+SCENARIO = REPO / "tests" / "sipp" / "uac_stream.xml"
+SECRET = "whsec_bench"
+LEAD_S, GAP_S = 1.0, 2.0
+TARGET_P95_S = 1.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calls", type=int, default=1, help="concurrent sipp calls (default 1)")
+    parser.add_argument("--clips", default=",".join(DEFAULT_CLIPS), help="comma-separated clip ids")
+    parser.add_argument("--speech-dir", default=str(SPEECH_DIR), help="directory with the clips")
+    parser.add_argument("--config", default="settings.toml", help="settings file (engine settings)")
+    parser.add_argument("--port", type=int, default=25060, help="SIP port for the run (default 25060)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.calls < 1:
+        print("bench sip: --calls must be at least 1", file=sys.stderr)
+        return 2
+    summary = asyncio.run(_bench(args))
+    print(json.dumps(summary) if args.json else _format(summary))
+    return 0
+
+
+def _clip(speech_dir: Path, clip_id: str) -> tuple[bytes, str]:
+    with wave.open(str(speech_dir / f"{clip_id}.wav"), "rb") as wav:
+        pcm, rate = wav.readframes(wav.getnframes()), wav.getframerate()
+    if rate != 8000:
+        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
+    reference = ""
+    for line in (speech_dir / "manifest.tsv").read_text().splitlines()[1:]:
+        cols = line.split("\t")
+        if cols[0] == clip_id:
+            reference = cols[5]
+    return pcm, reference
+
+
+def _speech_end_s(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    return float(np.nonzero(rms > 0.1 * rms.max())[0][-1] + 1) * 0.02
+
+
+def _call_file(speech_dir: Path, ids: list[str], directory: Path) -> tuple[list[tuple[float, str]], float]:
+    """Write directory/clip.ulaw; returns [(end of speech s, reference)] and the file's length."""
+    audio = b"\x00\x00" * int(LEAD_S * 8000)
+    ends = []
+    for clip_id in ids:
+        pcm, reference = _clip(speech_dir, clip_id)
+        ends.append((len(audio) / 16000 + _speech_end_s(pcm), reference))
+        audio += pcm + b"\x00\x00" * int(GAP_S * 8000)
+    (directory / "clip.ulaw").write_bytes(audioop.lin2ulaw(audio, 2))
+    return ends, len(audio) / 16000
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from app.pipeline.engine import SpeechEngine
+
+    loop = asyncio.get_running_loop()
+    base: Settings = await loop.run_in_executor(None, load_settings, args.config)
+    print(f"bench sip: loading the engine ({base.asr.model}) ...", file=sys.stderr)
+    engine = await loop.run_in_executor(None, SpeechEngine.load, base.asr, base.vad)
+    arrivals: dict[str, float] = {}
+
+    def arrived(event: dict[str, Any], at: float) -> None:
+        arrivals.setdefault(event["id"], at)
+
+    consumer = WebhookConsumer(SECRET, on_event=arrived)
+    hook = await consumer.start()
+    started: dict[str, float] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="hearsay-bench-sip-") as tmp:
+            work = Path(tmp)
+            ends, length_s = _call_file(Path(args.speech_dir), [c for c in args.clips.split(",") if c], work)
+            plans = work / "dialplans"
+            plans.mkdir()
+            (plans / "bench.toml").write_text(f'name = "bench"\n[match]\nsip_user = ["*"]\n'
+                                              f'[webhook]\nurl = "{hook}"\nsecret = "{SECRET}"\n')
+            settings = replace(
+                base, http=HttpSettings(host="127.0.0.1", port=0), dialplans=DialplanSettings(dir=str(plans)),
+                sip=replace(base.sip, enabled=True, host="127.0.0.1", port=args.port, allow_from=[],
+                            auth_username="", registrations=[], rtp_port_start=args.port + 1000),
+                webhooks=replace(base.webhooks, outbox=str(work / "outbox.sqlite3")))
+            app = create_app(settings, engine=engine)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            hub = app[CALL_HUB]
+
+            async def watch() -> None:
+                while True:
+                    for call in hub.calls():
+                        started.setdefault(call.id, call.started_at)
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.ensure_future(watch())
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    "sipp", f"127.0.0.1:{args.port}", "-sf", str(SCENARIO), "-s", "100",
+                    "-m", str(args.calls), "-l", str(args.calls), "-r", str(args.calls), "-rp", "1000",
+                    "-d", str(int((length_s + 0.5) * 1000)), "-i", "127.0.0.1", "-p", str(args.port + 1),
+                    "-mp", str(args.port + 3000), "-nostdin", "-timeout", "300s",
+                    cwd=work, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                _, err = await proc.communicate()
+                if proc.returncode:
+                    print(f"bench sip: sipp exited {proc.returncode}: {err.decode()[-500:]}", file=sys.stderr)
+                async with asyncio.timeout(120):
+                    await consumer.wait_for(lambda c: len(c.of_type("call.ended")) >= args.calls)
+            finally:
+                cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+                watcher.cancel()
+                dropped = sum(s.value for f in app[METRICS].dropped_frames.collect() for s in f.samples
+                              if s.name.endswith("_total") and s.labels.get("source") == "sip")
+                await runner.cleanup()
+    finally:
+        await consumer.stop()
+        await engine.aclose()
+        await loop.run_in_executor(None, engine.close)
+    return _summarise(args.calls, consumer, arrivals, started, ends, length_s, cpu, wall, int(dropped))
+
+
+def _summarise(n: int, consumer: WebhookConsumer, arrivals: dict[str, float], started: dict[str, float],
+               ends: list[tuple[float, str]], length_s: float, cpu: float, wall: float, dropped: int
+               ) -> dict[str, Any]:
+    latencies, wers, lost, missed = [], [], 0.0, 0
+    for ended in consumer.of_type("call.ended"):
+        call_id = ended["call"]["id"]
+        finals = consumer.of_type("utterance.final", call_id)
+        for end_s, _ in ends:
+            covering = [e for e in finals if e["utterance"]["end_s"] >= end_s - 0.6
+                        and e["utterance"]["start_s"] <= end_s]
+            if not covering or call_id not in started:
+                missed += 1
+                continue
+            latencies.append(arrivals[covering[0]["id"]] - (started[call_id] + end_s))
+        wers.append(_wer(" ".join(r for _, r in ends), ended.get("transcript", "")))
+        lost += max(0.0, length_s - float(ended.get("duration_s", 0.0)))
+    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    return {
+        "calls": n, "calls_ended": len(consumer.of_type("call.ended")),
+        "utterances_measured": len(latencies), "utterances_missed": missed,
+        "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000),
+        "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000),
+        "latency_max_ms": round(float(lat.max()) * 1000),
+        "wer": round(float(np.mean(wers)), 3) if wers else None,
+        "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "dropped_frames": dropped, "audio_lost_s": round(lost, 2), "wall_s": round(wall, 1),
+    }
+
+
+def _wer(ref: str, hyp: str) -> float:
+    try:
+        import jiwer
+        from whisper_normalizer.english import EnglishTextNormalizer
+    except ImportError:
+        return float("nan")
+    norm = EnglishTextNormalizer()
+    return float(jiwer.wer(norm(ref), norm(hyp) or "<empty>"))
+
+
+def _format(s: dict[str, Any]) -> str:
+    ok = s["latency_p95_ms"] <= TARGET_P95_S * 1000 and s["audio_lost_s"] < 0.1 and s["dropped_frames"] == 0
+    return (f"sip bench: {s['calls']} concurrent sipp call(s), {s['calls_ended']} ended\n"
+            f"  end of speech -> webhook: p50 {s['latency_p50_ms']} ms, p95 {s['latency_p95_ms']} ms, "
+            f"max {s['latency_max_ms']} ms ({s['utterances_measured']} utterances, "
+            f"{s['utterances_missed']} missed)\n"
+            f"  WER {s['wer']}   CPU {s['cpu_percent_of_one_core']}% of one core   peak RSS "
+            f"{s['peak_rss_mb']} MB   dropped frames {s['dropped_frames']}   audio lost "
+            f"{s['audio_lost_s']} s\n"
+            f"  target (p95 <= 1500 ms, no lost audio): {'met' if ok else 'NOT met'}")
