@@ -6,8 +6,6 @@ Used by test_server, test_calls, test_stream and test_stream_fuzz (not a test mo
 from __future__ import annotations
 
 import asyncio
-import audioop
-import csv
 import dataclasses
 import json
 import wave
@@ -17,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jiwer
+import numpy as np
+import speech
 from aiohttp.test_utils import TestServer
-from whisper_normalizer.english import EnglishTextNormalizer
 
 from app.server import create_app
 from app.settings import Settings, load_settings
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
 SECRET = "whsec_test_secret"
-_normalize = EnglishTextNormalizer()
 
 
 def clip(name: str) -> bytes:
@@ -36,23 +33,13 @@ def clip(name: str) -> bytes:
         return wav.readframes(wav.getnframes())
 
 
-def reference(name: str) -> str:
-    with (SPEECH / "manifest.tsv").open(newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["id"] == name:
-                return row["reference"]
-    raise KeyError(name)
-
-
-def wer(ref: str, hyp: str) -> float:
-    """Word error rate after Whisper's English normalisation of both sides."""
-    return float(jiwer.wer(_normalize(ref), _normalize(hyp) or "<empty>"))
+reference = speech.reference
+wer = speech.wer
 
 
 def telephone(pcm16k: bytes) -> bytes:
     """16 kHz PCM as a caller's phone sends it: 8 kHz G.711 mu-law."""
-    pcm8k, _ = audioop.ratecv(pcm16k, 2, 1, 16000, 8000, None)
-    return audioop.lin2ulaw(pcm8k, 2)
+    return speech.telephone(np.frombuffer(pcm16k, "<i2").astype(np.float32) / 32768)
 
 
 def silence(seconds: float, rate: int = 16000) -> bytes:

@@ -6,14 +6,17 @@ Not a test module itself; used by test_sip_endpoint, test_sip_agent and the SIP 
 from __future__ import annotations
 
 import asyncio
-import audioop
 import socket
 import subprocess
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
+
+from app.pipeline.decode import decode_pcm16, encode
+from app.pipeline.events import Encoding
+from app.pipeline.resample import resample_whole
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
@@ -57,24 +60,22 @@ def free_port_range(count: int) -> int:
 def clip_ulaw(name: str, directory: Path, *, tail_s: float = 0.0) -> bytes:
     """Write `directory/clip.ulaw` (what sipp's rtp_stream plays: raw 8 kHz mu-law) from a
     speech clip, with `tail_s` of silence after it; returns the 8 kHz PCM it encodes."""
-    with wave.open(str(SPEECH / f"{name}.wav"), "rb") as wav:
-        rate = wav.getframerate()
-        pcm = wav.readframes(wav.getnframes())
-    if rate != 8000:
-        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
-    pcm += b"\x00\x00" * int(tail_s * 8000)
-    ulaw = audioop.lin2ulaw(pcm, 2)
-    (directory / "clip.ulaw").write_bytes(ulaw)
-    return audioop.ulaw2lin(ulaw, 2)
+    samples, rate = soundfile.read(SPEECH / f"{name}.wav", dtype="float32")
+    audio = np.concatenate([resample_whole(samples, rate, 8000), np.zeros(int(tail_s * 8000), np.float32)])
+    return _write_ulaw(directory, audio)
 
 
 def tone_ulaw(directory: Path, seconds: float, hz: float = 440.0) -> bytes:
     """Write a tone as `directory/clip.ulaw`; returns its 8 kHz PCM."""
     t = np.arange(int(seconds * 8000)) / 8000
-    pcm = (8000 * np.sin(2 * np.pi * hz * t)).astype("<i2").tobytes()
-    ulaw = audioop.lin2ulaw(pcm, 2)
+    return _write_ulaw(directory, (8000 / 32768 * np.sin(2 * np.pi * hz * t)).astype(np.float32))
+
+
+def _write_ulaw(directory: Path, audio: np.ndarray) -> bytes:
+    """Write `directory/clip.ulaw`; returns the 8 kHz PCM a receiver decodes from it."""
+    ulaw = encode(audio, Encoding.MULAW)
     (directory / "clip.ulaw").write_bytes(ulaw)
-    return audioop.ulaw2lin(ulaw, 2)
+    return decode_pcm16(ulaw, Encoding.MULAW).astype("<i2").tobytes()
 
 
 def similarity(received: bytes, sent: bytes, chunk_s: float = 0.2) -> float:

@@ -27,6 +27,7 @@ import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from app.audiofile import iter_pcm16
+from app.bench.common import speech_end_s
 from app.pipeline.decode import decode, encode
 from app.pipeline.engine import SpeechEngine
 from app.pipeline.events import AudioFormat, Encoding, Transcript
@@ -88,16 +89,8 @@ def load_clips(speech_dir: Path) -> list[Clip]:
             audio = np.concatenate(list(iter_pcm16(speech_dir / row["file"], 16000))).astype(np.float32) / 32768
             padded = np.concatenate([audio, np.zeros(int(TAIL_S * 16000), np.float32)])
             ulaw = encode(resample_whole(padded, 16000, 8000), Encoding.MULAW)
-            clips.append(Clip(row["id"], row["reference"], ulaw, speech_end(audio), len(audio) / 16000))
+            clips.append(Clip(row["id"], row["reference"], ulaw, speech_end_s(audio, 16000), len(audio) / 16000))
     return clips
-
-
-def speech_end(audio: np.ndarray) -> float:
-    """The end of the last 10 ms frame within 35 dB of the clip's loudest frame."""
-    frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
-    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
-    voiced = np.nonzero(level > level.max() - 35)[0]
-    return float((voiced[-1] + 1) * 0.01) if len(voiced) else 0.0
 
 
 async def _bench(engine: SpeechEngine, clips: list[Clip], speech_dir: Path, realtime: bool) -> dict[str, object]:

@@ -16,29 +16,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import audioop
 import json
 import resource
 import sys
-import tempfile
 import time
-import wave
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiohttp import web
 
+from app.audiofile import iter_pcm16
+from app.bench.common import bench_service, speech_end_s, wer
 from app.bench.consumer import WebhookConsumer
-from app.server import CALL_HUB, METRICS, create_app
-from app.settings import DialplanSettings, HttpSettings, Settings, load_settings
+from app.pipeline.decode import encode
+from app.pipeline.events import Encoding
+from app.server import CALL_HUB
+from app.settings import Settings, load_settings
 
 DEFAULT_CLIPS = ("arctic-aew-a0001", "timit-LDC93S1", "cards-005")
 REPO = Path(__file__).resolve().parents[2]
 SPEECH_DIR = REPO.parent / "shared" / "speech"
 SCENARIO = REPO / "tests" / "sipp" / "uac_stream.xml"
-SECRET = "whsec_bench"
 LEAD_S, GAP_S = 1.0, 2.0
 TARGET_P95_S = 1.5
 
@@ -61,36 +60,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clip(speech_dir: Path, clip_id: str) -> tuple[bytes, str]:
-    with wave.open(str(speech_dir / f"{clip_id}.wav"), "rb") as wav:
-        pcm, rate = wav.readframes(wav.getnframes()), wav.getframerate()
-    if rate != 8000:
-        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
+def _clip(speech_dir: Path, clip_id: str) -> tuple[np.ndarray, str]:
+    """The clip at 8 kHz (float samples) and its reference transcript."""
+    audio = np.concatenate(list(iter_pcm16(speech_dir / f"{clip_id}.wav", 8000))).astype(np.float32) / 32768
     reference = ""
     for line in (speech_dir / "manifest.tsv").read_text().splitlines()[1:]:
         cols = line.split("\t")
         if cols[0] == clip_id:
             reference = cols[5]
-    return pcm, reference
-
-
-def _speech_end_s(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    return float(np.nonzero(rms > 0.1 * rms.max())[0][-1] + 1) * 0.02
+    return audio, reference
 
 
 def _call_file(speech_dir: Path, ids: list[str], directory: Path) -> tuple[list[tuple[float, str]], float]:
     """Write directory/clip.ulaw; returns [(end of speech s, reference)] and the file's length."""
-    audio = b"\x00\x00" * int(LEAD_S * 8000)
+    parts = [np.zeros(int(LEAD_S * 8000), np.float32)]
     ends = []
+    at = LEAD_S
     for clip_id in ids:
-        pcm, reference = _clip(speech_dir, clip_id)
-        ends.append((len(audio) / 16000 + _speech_end_s(pcm), reference))
-        audio += pcm + b"\x00\x00" * int(GAP_S * 8000)
-    (directory / "clip.ulaw").write_bytes(audioop.lin2ulaw(audio, 2))
-    return ends, len(audio) / 16000
+        audio, reference = _clip(speech_dir, clip_id)
+        ends.append((at + speech_end_s(audio, 8000), reference))
+        parts += [audio, np.zeros(int(GAP_S * 8000), np.float32)]
+        at += (len(audio) / 8000) + GAP_S
+    audio = np.concatenate(parts)
+    (directory / "clip.ulaw").write_bytes(encode(audio, Encoding.MULAW))
+    return ends, len(audio) / 8000
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,27 +98,15 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     def arrived(event: dict[str, Any], at: float) -> None:
         arrivals.setdefault(event["id"], at)
 
-    consumer = WebhookConsumer(SECRET, on_event=arrived)
-    hook = await consumer.start()
     started: dict[str, float] = {}
+    settings = replace(base, sip=replace(base.sip, enabled=True, host="127.0.0.1", port=args.port, allow_from=[],
+                                         auth_username="", registrations=[], rtp_port_start=args.port + 1000))
     try:
-        with tempfile.TemporaryDirectory(prefix="hearsay-bench-sip-") as tmp:
-            work = Path(tmp)
-            ends, length_s = _call_file(Path(args.speech_dir), [c for c in args.clips.split(",") if c], work)
-            plans = work / "dialplans"
-            plans.mkdir()
-            (plans / "bench.toml").write_text(f'name = "bench"\n[match]\nsip_user = ["*"]\n'
-                                              f'[webhook]\nurl = "{hook}"\nsecret = "{SECRET}"\n')
-            settings = replace(
-                base, http=HttpSettings(host="127.0.0.1", port=0), dialplans=DialplanSettings(dir=str(plans)),
-                sip=replace(base.sip, enabled=True, host="127.0.0.1", port=args.port, allow_from=[],
-                            auth_username="", registrations=[], rtp_port_start=args.port + 1000),
-                webhooks=replace(base.webhooks, outbox=str(work / "outbox.sqlite3")))
-            app = create_app(settings, engine=engine)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            hub = app[CALL_HUB]
+        async with bench_service(settings, match='sip_user = ["*"]', engine=engine, on_event=arrived) as service:
+            consumer = service.consumer
+            ends, length_s = _call_file(Path(args.speech_dir), [c for c in args.clips.split(",") if c],
+                                        service.workdir)
+            hub = service.app[CALL_HUB]
 
             async def watch() -> None:
                 while True:
@@ -141,7 +122,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                     "-m", str(args.calls), "-l", str(args.calls), "-r", str(args.calls), "-rp", "1000",
                     "-d", str(int((length_s + 0.5) * 1000)), "-i", "127.0.0.1", "-p", str(args.port + 1),
                     "-mp", str(args.port + 3000), "-nostdin", "-timeout", "300s",
-                    cwd=work, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                    cwd=service.workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
                 _, err = await proc.communicate()
                 if proc.returncode:
                     print(f"bench sip: sipp exited {proc.returncode}: {err.decode()[-500:]}", file=sys.stderr)
@@ -150,11 +131,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
                 watcher.cancel()
-                dropped = sum(s.value for f in app[METRICS].dropped_frames.collect() for s in f.samples
-                              if s.name.endswith("_total") and s.labels.get("source") == "sip")
-                await runner.cleanup()
+                dropped = service.dropped_frames("sip")
     finally:
-        await consumer.stop()
         await engine.aclose()
         await loop.run_in_executor(None, engine.close)
     return _summarise(args.calls, consumer, arrivals, started, ends, length_s, cpu, wall, int(dropped))
@@ -174,7 +152,7 @@ def _summarise(n: int, consumer: WebhookConsumer, arrivals: dict[str, float], st
                 missed += 1
                 continue
             latencies.append(arrivals[covering[0]["id"]] - (started[call_id] + end_s))
-        wers.append(_wer(" ".join(r for _, r in ends), ended.get("transcript", "")))
+        wers.append(wer(" ".join(r for _, r in ends), ended.get("transcript", "")))
         lost += max(0.0, length_s - float(ended.get("duration_s", 0.0)))
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {
@@ -188,16 +166,6 @@ def _summarise(n: int, consumer: WebhookConsumer, arrivals: dict[str, float], st
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "dropped_frames": dropped, "audio_lost_s": round(lost, 2), "wall_s": round(wall, 1),
     }
-
-
-def _wer(ref: str, hyp: str) -> float:
-    try:
-        import jiwer
-        from whisper_normalizer.english import EnglishTextNormalizer
-    except ImportError:
-        return float("nan")
-    norm = EnglishTextNormalizer()
-    return float(jiwer.wer(norm(ref), norm(hyp) or "<empty>"))
 
 
 def _format(s: dict[str, Any]) -> str:

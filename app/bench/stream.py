@@ -22,7 +22,6 @@ import dataclasses
 import json
 import resource
 import statistics
-import tempfile
 import time
 import wave
 from dataclasses import dataclass, field
@@ -31,13 +30,11 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiohttp import web
 
-from app.bench.consumer import WebhookConsumer
+from app.bench.common import bench_service, speech_end_s
 from app.settings import Settings, load_settings
 
 FRAME_S = 0.02
-SECRET = "whsec_bench"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,26 +98,13 @@ def load_clips(directory: Path) -> list[Clip]:
                 continue
             with wave.open(str(directory / row["file"]), "rb") as wav:
                 pcm = wav.readframes(wav.getnframes())
-            clips.append(Clip(row["id"], pcm, speech_end(pcm)))
+            clips.append(Clip(row["id"], pcm, speech_end_s(np.frombuffer(pcm, np.int16), 16000)))
     return clips
 
 
-def speech_end(pcm: bytes, rate: int = 16000) -> float:
-    """Seconds to the end of the last 10 ms window louder than 5 % of the loudest one's RMS."""
-    samples = np.frombuffer(pcm, np.int16).astype(np.float32)
-    hop = rate // 100
-    windows = samples[: len(samples) // hop * hop].reshape(-1, hop)
-    rms = np.sqrt((windows**2).mean(axis=1))
-    loud = np.nonzero(rms > 0.05 * rms.max())[0]
-    return float((loud[-1] + 1) * hop / rate) if len(loud) else 0.0
-
-
-def bench_settings(settings: Settings, workdir: Path, sessions: int) -> Settings:
+def bench_settings(settings: Settings, sessions: int) -> Settings:
     return dataclasses.replace(
         settings,
-        http=dataclasses.replace(settings.http, host="127.0.0.1", port=0),
-        webhooks=dataclasses.replace(settings.webhooks, outbox=str(workdir / "outbox.sqlite3")),
-        dialplans=dataclasses.replace(settings.dialplans, dir=str(workdir / "dialplans")),
         stream=dataclasses.replace(settings.stream, max_sessions=max(settings.stream.max_sessions, sessions)),
         sip=dataclasses.replace(settings.sip, enabled=False),
         auth=dataclasses.replace(settings.auth, api_keys=[]),
@@ -129,44 +113,27 @@ def bench_settings(settings: Settings, workdir: Path, sessions: int) -> Settings
 
 async def bench(settings: Settings, clips: list[Clip], sessions: int, per_session: int,
                 gap_s: float) -> dict[str, Any]:
-    from app.server import METRICS, create_app
-
     arrivals: dict[str, list[tuple[float, float]]] = {}  # session id -> [(end_s, arrived_at)]
 
     def on_event(event: dict[str, Any], arrived_at: float) -> None:
         if event["type"] == "utterance.final":
             arrivals.setdefault(event["call"]["id"], []).append((event["utterance"]["end_s"], arrived_at))
 
-    consumer = WebhookConsumer(SECRET, on_event=on_event)
-    url = await consumer.start()
-    with tempfile.TemporaryDirectory(prefix="hearsay-bench-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "dialplans").mkdir()
-        (workdir / "dialplans" / "bench.toml").write_text(
-            f'name = "bench"\n[webhook]\nurl = "{url}"\nsecret = "{SECRET}"\n')
-        app = create_app(bench_settings(settings, workdir, sessions))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"ws://127.0.0.1:{runner.addresses[0][1]}/v1/stream"
+    async with bench_service(bench_settings(settings, sessions), on_event=on_event) as service:
+        url = f"ws://{service.host}/v1/stream"
         cpu0, wall0 = time.process_time(), time.monotonic()
-        try:
-            logs = [SessionLog(i) for i in range(sessions)]
-            async with aiohttp.ClientSession() as http:
-                await asyncio.gather(*(
-                    stream_session(http, base, log, pick(clips, log.index, per_session), gap_s)
-                    for log in logs))
-            async with asyncio.timeout(60):
-                await consumer.wait_for(
-                    lambda c: all(c.of_type("call.ended", log.session_id) for log in logs))
-            cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-            dropped = app[METRICS].registry.get_sample_value(
-                "hearsay_dropped_frames_total", {"source": "stream"}) or 0.0
-        finally:
-            await runner.cleanup()
-            await consumer.stop()
-    return score(logs, arrivals, cpu / wall if wall else 0.0, dropped, consumer.rejected)
+        logs = [SessionLog(i) for i in range(sessions)]
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(
+                stream_session(http, url, log, pick(clips, log.index, per_session), gap_s)
+                for log in logs))
+        async with asyncio.timeout(60):
+            await service.consumer.wait_for(
+                lambda c: all(c.of_type("call.ended", log.session_id) for log in logs))
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        dropped = service.dropped_frames("stream")
+        rejected = service.consumer.rejected
+    return score(logs, arrivals, cpu / wall if wall else 0.0, dropped, rejected)
 
 
 def pick(clips: list[Clip], session: int, count: int) -> list[Clip]:

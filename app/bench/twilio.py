@@ -19,7 +19,6 @@ import asyncio
 import json
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,19 +26,17 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiohttp import web
 
+from app.bench.common import bench_service, speech_end_s, wer
 from app.bench.consumer import WebhookConsumer
 from app.ingress.twilio_sim import SimCall, new_sid, post_voice_webhook, stream_call
 from app.ingress.twilio_wav import read_wav_mulaw
 from app.pipeline.decode import decode
 from app.pipeline.events import Encoding
-from app.server import METRICS, create_app
-from app.settings import DialplanSettings, HttpSettings, Settings, TwilioSettings, load_settings
+from app.settings import Settings, TwilioSettings, load_settings
 
 DEFAULT_CLIPS = ("arctic-aew-a0001", "timit-LDC93S1", "cards-005", "arctic-aew-a0003")
 SPEECH_DIR = Path(__file__).resolve().parents[3] / "shared" / "speech"
-SECRET = "whsec_bench"
 TOKEN = "bench-auth-token"
 LEAD_S, GAP_S, HOLD_S = 1.0, 2.0, 1.5
 TARGET_P50_S, TARGET_P95_S = 0.7, 1.0
@@ -95,15 +92,8 @@ def _load_clips(speech_dir: Path, ids: list[str]) -> list[_Clip]:
         if clip_id not in manifest:
             raise SystemExit(f"bench twilio: unknown clip {clip_id!r} (see {speech_dir}/manifest.tsv)")
         audio = read_wav_mulaw(speech_dir / manifest[clip_id][1])
-        clips.append(_Clip(clip_id, audio, manifest[clip_id][5], _speech_end(audio)))
+        clips.append(_Clip(clip_id, audio, manifest[clip_id][5], speech_end_s(decode(audio, Encoding.MULAW), 8000)))
     return clips
-
-
-def _speech_end(mulaw: bytes) -> float:
-    samples = decode(mulaw, Encoding.MULAW)
-    frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    return float(np.nonzero(rms > 0.1 * rms.max())[0][-1] + 1) * 0.02
 
 
 def _call_audio(clips: list[_Clip], rotate: int) -> tuple[bytes, list[_Segment]]:
@@ -130,39 +120,16 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     def arrived(event: dict[str, Any], at: float) -> None:
         arrivals.setdefault(event["id"], at)
 
-    consumer = WebhookConsumer(SECRET, on_event=arrived)
-    hook = await consumer.start()
+    settings = replace(base, twilio=TwilioSettings(auth_token=TOKEN), sip=replace(base.sip, enabled=False))
     try:
-        with tempfile.TemporaryDirectory(prefix="hearsay-bench-") as tmp:
-            plans = Path(tmp) / "dialplans"
-            plans.mkdir()
-            (plans / "bench.toml").write_text(f'name = "bench"\n[match]\ntwilio_to = ["*"]\n'
-                                              f'[webhook]\nurl = "{hook}"\nsecret = "{SECRET}"\n')
-            settings = replace(
-                base,
-                http=HttpSettings(host="127.0.0.1", port=0),
-                twilio=TwilioSettings(auth_token=TOKEN),
-                sip=replace(base.sip, enabled=False),
-                dialplans=DialplanSettings(dir=str(plans)),
-                webhooks=replace(base.webhooks, outbox=str(Path(tmp) / "outbox.sqlite3")),
-            )
-            app = create_app(settings, engine=engine)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            host = f"127.0.0.1:{runner.addresses[0][1]}"
+        async with bench_service(settings, match='twilio_to = ["*"]', engine=engine, on_event=arrived) as service:
             cpu0, wall0 = time.process_time(), time.monotonic()
-            try:
-                calls = await asyncio.gather(*(_one_call(host, clips, n, consumer)
-                                               for n in range(args.calls)))
-            finally:
-                cpu = time.process_time() - cpu0
-                wall = time.monotonic() - wall0
-                dropped = _dropped(app)
-                await runner.cleanup()
+            calls = await asyncio.gather(*(_one_call(service.host, clips, n, service.consumer)
+                                           for n in range(args.calls)))
+            cpu = time.process_time() - cpu0
+            wall = time.monotonic() - wall0
+            dropped = service.dropped_frames("twilio")
     finally:
-        await consumer.stop()
         await engine.aclose()
         await loop.run_in_executor(None, engine.close)
     latencies, wers, missed = [], [], 0
@@ -176,7 +143,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             latencies.append(arrivals[covering[0]["id"]] - (started_at + seg.end_s))
         ended = next(e for e in events if e["type"] == "call.ended")
-        wers.append(_wer(" ".join(s.clip.reference for s in segments), ended["transcript"]))
+        wers.append(wer(" ".join(s.clip.reference for s in segments), ended["transcript"]))
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {
         "calls": args.calls,
@@ -208,25 +175,6 @@ async def _one_call(host: str, clips: list[_Clip], n: int, consumer: WebhookCons
         await consumer.wait_for(lambda c: c.of_type("call.ended", call_sid))
     events = [e for e in consumer.events if e["call"]["id"] == call_sid]
     return result.started_at, segments, events
-
-
-def _dropped(app: web.Application) -> int:
-    total = 0.0
-    for family in app[METRICS].dropped_frames.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("source") == "twilio":
-                total += sample.value
-    return int(total)
-
-
-def _wer(ref: str, hyp: str) -> float:
-    try:
-        import jiwer
-        from whisper_normalizer.english import EnglishTextNormalizer
-    except ImportError:  # test extras not installed: WER is informative only
-        return float("nan")
-    norm = EnglishTextNormalizer()
-    return float(jiwer.wer(norm(ref), norm(hyp)))
 
 
 def _print(s: dict[str, Any]) -> None:
