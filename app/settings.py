@@ -42,8 +42,8 @@ class AsrSettings:
     model: str = "mini"
     language: str = "en"
     compute_type: str = "int8"
-    cpu_threads: int = 2
-    workers: int = 1
+    cpu_threads: int = 1
+    workers: int = 2
     beam_size: int = 1
     interim_interval_ms: int = 1000
     no_speech_threshold: float = 0.6

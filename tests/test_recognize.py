@@ -55,3 +55,16 @@ def test_repetition_loops_are_cut() -> None:
     assert cut_repetitions("ten of clubs " * 6, 2) == "ten of clubs ten of clubs"
     assert cut_repetitions("yes yes yes yes yes yes yes", 4) == "yes yes yes yes"
     assert cut_repetitions("one zero zero zero one", 4) == "one zero zero zero one"
+
+
+def test_a_batch_hears_what_each_utterance_alone_hears(recognizer: Recognizer) -> None:
+    clips = ["arctic-aew-a0001", "cards-003", "ljspeech-LJ001-0005"]  # 1.5 s to 8 s: padded to the longest
+    batch = recognizer.transcribe_batch([(over_phone(c), "") for c in clips])
+    for clip_id, result in zip(clips, batch, strict=True):
+        alone = recognizer.transcribe(over_phone(clip_id)).text
+        assert speech.wer(speech.reference(clip_id), result.text) <= speech.wer(speech.reference(clip_id), alone) + 0.1
+    with_context = recognizer.transcribe_batch(
+        [(over_phone("cards-003"), "ten of clubs"), (over_phone("cards-001"), "the four queen of clubs")])
+    assert speech.wer("seven of clubs", with_context[0].text) <= 0.34
+    with pytest.raises(ValueError, match="context for all"):
+        recognizer.transcribe_batch([(over_phone("cards-003"), "ten of clubs"), (over_phone("cards-001"), "")])

@@ -6,7 +6,9 @@ only schedules them. Two shared schedulers keep the machine busy with useful wor
 - VAD: streams with whole 32 ms chunks wait on one batcher, which runs all of them through
   Silero as one batch on the VAD thread (32 streams cost about what 4 do alone).
 - Recognition: a priority queue in front of `[asr] workers` threads. Finals go before
-  interims, an interim is skipped while the stream already has one queued, and a final is
+  interims, jobs waiting together run as one batch (calls that stop talking at the same
+  moment cost little more than one), an interim is skipped while the stream already has one
+  queued, and a final is
   started speculatively when the speaker pauses (`SpeechPaused`), so that by the time the
   silence confirms the end of the utterance its text is usually ready.
 
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 MIN_RATE, MAX_RATE = 8000, 48000
 _FINAL, _INTERIM = 0, 1
 _VAD_STEPS_PER_BATCH = 16
+_VAD_GATHER_S = 0.01  # how long the VAD batcher waits for more streams to join a batch
+_MAX_BATCH = 4  # utterances recognised in one pass
 
 
 @dataclass(order=True)
@@ -156,6 +160,8 @@ class SpeechEngine:
         loop = asyncio.get_running_loop()
         while True:
             await self._vad_wake.wait()
+            # Let other streams' chunks join: one batch of many costs about what one costs.
+            await asyncio.sleep(_VAD_GATHER_S)
             self._vad_wake.clear()
             batch, self._vad_waiting = self._vad_waiting, []
             if not batch:
@@ -192,16 +198,40 @@ class SpeechEngine:
             job = await self._jobs.get()
             if job.future.done():  # cancelled while queued
                 continue
+            batch = [job, *self._take_batchable(job)]
             try:
-                result = await loop.run_in_executor(
-                    self._asr_pool, job.recognizer.transcribe, job.audio, job.language, job.words,
-                    job.context)
+                results = await loop.run_in_executor(
+                    self._asr_pool, job.recognizer.transcribe_batch,
+                    [(j.audio, j.context) for j in batch], job.language, job.words)
             except Exception as exc:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
                 continue
-            if not job.future.done():
-                job.future.set_result(result)
+            for j, result in zip(batch, results, strict=True):
+                if not j.future.done():
+                    j.future.set_result(result)
+
+    def _take_batchable(self, first: _Job) -> list[_Job]:
+        """Queued jobs that can run in one batch with `first` (same priority and model)."""
+        taken: list[_Job] = []
+        other: list[_Job] = []
+        # Take only this worker's share of the queue: a batch costs about three quarters of
+        # its utterances one by one, so two workers each doing half beat one doing all.
+        share = -(-(self._jobs.qsize() + 1) // self.asr_settings.workers)
+        while len(taken) < min(_MAX_BATCH, share) - 1 and not self._jobs.empty():
+            job = self._jobs.get_nowait()
+            if job.future.done():
+                continue
+            if job.priority != first.priority:
+                other.append(job)  # the queue is ordered: nothing of first's priority is left
+                break
+            same = ((job.recognizer, job.language, job.words, bool(job.context))
+                    == (first.recognizer, first.language, first.words, bool(first.context)))
+            (taken if same else other).append(job)
+        for job in other:
+            self._jobs.put_nowait(job)
+        return taken
 
 
 class EngineStream:

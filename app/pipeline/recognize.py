@@ -57,7 +57,7 @@ class Recognizer:
         self._settings = settings
         self.multilingual = bool(model.model.is_multilingual)
         silence = np.zeros(_WINDOW_S * SAMPLE_RATE, dtype=np.float32)
-        self._silence_enc = self._encode_array(silence)
+        self._silence_enc = self._encode_batch(silence[None])
         self._tokenizers: dict[str, Tokenizer] = {}
 
     @classmethod
@@ -73,10 +73,11 @@ class Recognizer:
         """The underlying faster-whisper model (the benchmark compares it, used stock)."""
         return self._model
 
-    def _encode_array(self, audio: np.ndarray) -> np.ndarray:
-        frames = round(len(audio) / SAMPLE_RATE * _FRAMES_PER_S) // 2 * 2
-        feats = self._model.feature_extractor(audio, padding=0)[:, :frames]
-        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
+    def _encode_batch(self, audio: np.ndarray) -> np.ndarray:
+        """Encoder output for equal-length 16 kHz rows: (batch, positions, width)."""
+        frames = round(audio.shape[1] / SAMPLE_RATE * _FRAMES_PER_S) // 2 * 2
+        feats = np.stack([self._model.feature_extractor(row, padding=0)[:, :frames] for row in audio])
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32))
         return np.array(self._model.model.encode(view, to_cpu=True))
 
     def _tokenizer(self, language: str) -> Tokenizer:
@@ -94,53 +95,78 @@ class Recognizer:
         `context` is what the speaker said just before (the previous final): Whisper reads
         it as the preceding text, which keeps a sentence split by a pause coherent.
         """
+        return self.transcribe_batch([(audio, context)], language, word_timestamps)[0]
+
+    def transcribe_batch(self, items: list[tuple[np.ndarray, str]], language: str | None = None,
+                         word_timestamps: bool = False) -> list[Recognition]:
+        """Recognise several utterances (audio, context) in one pass of the model.
+
+        One batch costs much less than its utterances one by one, which is what keeps the
+        latency of calls that finish speaking at the same moment low. Each utterance is padded
+        to the longest (extra silence is harmless: it is what the spliced tail looks like).
+        """
         began = time.perf_counter()
-        duration = min(len(audio) / SAMPLE_RATE, _WINDOW_S - _TAIL_S)
-        length_s = min(float(_WINDOW_S), np.ceil(duration + _TAIL_S))
-        padded = np.zeros(int(length_s * SAMPLE_RATE), dtype=np.float32)
-        usable = audio[: len(padded)]
-        padded[: len(usable)] = usable
-        enc = self._silence_enc.copy()
-        short = self._encode_array(padded)
+        durations = [min(len(a) / SAMPLE_RATE, _WINDOW_S - _TAIL_S) for a, _ in items]
+        length_s = min(float(_WINDOW_S), np.ceil(max(durations) + _TAIL_S))
+        padded = np.zeros((len(items), int(length_s * SAMPLE_RATE)), dtype=np.float32)
+        for row, (audio, _) in zip(padded, items, strict=True):
+            usable = audio[: len(row)]
+            row[: len(usable)] = usable
+        short = self._encode_batch(padded)
+        enc = np.repeat(self._silence_enc, len(items), axis=0)
         enc[:, : short.shape[1]] = short
         enc_view = ctranslate2.StorageView.from_array(enc)
 
-        lang = self._pick_language(enc_view, language)
-        tok = self._tokenizer(lang)
-        prompt = [*tok.sot_sequence, tok.no_timestamps]
-        if context.strip():
-            previous = tok.encode(" " + context.strip())[-_CONTEXT_TOKENS:]
-            prompt = [tok.sot_prev, *previous, *prompt]
-        result = self._model.model.generate(
-            enc_view, [prompt], beam_size=self._settings.beam_size,
-            max_length=min(_MAX_TOKENS, int(12 + 8 * duration)), return_scores=True,
+        langs = self._pick_languages(enc_view, language, len(items))
+        toks = [self._tokenizer(lang) for lang in langs]
+        prompts = self._prompts(toks, [context for _, context in items])
+        results = self._model.model.generate(
+            enc_view, prompts, beam_size=self._settings.beam_size,
+            max_length=min(_MAX_TOKENS, int(12 + 8 * max(durations))), return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
-        )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
-        avg_logprob = float(result.scores[0]) if result.scores else -10.0
-        no_speech = float(result.no_speech_prob)
-        text = tok.decode(tokens).strip()
-        if self._is_silence(text, no_speech, avg_logprob):
-            text, tokens = "", []
-        text = cut_repetitions(text, self._settings.max_repeats)
-        words: tuple[Word, ...] = ()
-        if word_timestamps and tokens:
-            words = self._align(tok, tokens, enc_view, duration)
-        return Recognition(
-            text=text, confidence=float(np.clip(np.exp(avg_logprob), 0.0, 1.0)), language=lang,
-            no_speech_prob=no_speech, avg_logprob=avg_logprob, words=words,
-            compute_s=time.perf_counter() - began,
         )
+        out = []
+        for k, (result, tok, lang, duration) in enumerate(zip(results, toks, langs, durations, strict=True)):
+            tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
+            tokens = tokens[: int(12 + 8 * duration)]  # the batch's bound is the longest item's
+            avg_logprob = float(result.scores[0]) if result.scores else -10.0
+            no_speech = float(result.no_speech_prob)
+            text = tok.decode(tokens).strip()
+            if self._is_silence(text, no_speech, avg_logprob):
+                text, tokens = "", []
+            text = cut_repetitions(text, self._settings.max_repeats)
+            words: tuple[Word, ...] = ()
+            if word_timestamps and tokens:
+                one = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc[k : k + 1]))
+                words = self._align(tok, tokens, one, duration)
+            out.append(Recognition(
+                text=text, confidence=float(np.clip(np.exp(avg_logprob), 0.0, 1.0)), language=lang,
+                no_speech_prob=no_speech, avg_logprob=avg_logprob, words=words,
+                compute_s=time.perf_counter() - began,
+            ))
+        return out
 
-    def _pick_language(self, enc: ctranslate2.StorageView, language: str | None) -> str:
+    def _prompts(self, toks: list[Tokenizer], contexts: list[str]) -> list[list[int]]:
+        """Decoder prompts. CTranslate2 needs start-of-transcript at one position across a
+        batch, so every context is cut to the shortest one's length (all or none must have one)."""
+        previous = [tok.encode(" " + c.strip())[-_CONTEXT_TOKENS:] if c.strip() else []
+                    for tok, c in zip(toks, contexts, strict=True)]
+        keep = min(len(p) for p in previous)
+        if any(previous) and keep == 0:
+            raise ValueError("a batch must have context for all of its utterances or for none")
+        prompts = []
+        for tok, prev in zip(toks, previous, strict=True):
+            prompt = [*tok.sot_sequence, tok.no_timestamps]
+            prompts.append([tok.sot_prev, *prev[len(prev) - keep :], *prompt] if keep else prompt)
+        return prompts
+
+    def _pick_languages(self, enc: ctranslate2.StorageView, language: str | None, count: int) -> list[str]:
         wanted = language or self._settings.language
         if not self.multilingual:
-            return "en"
+            return ["en"] * count
         if wanted and wanted != "auto":
-            return wanted
-        detected = self._model.model.detect_language(enc)[0]
-        token, _prob = detected[0]
-        return str(token).strip("<|>")
+            return [wanted] * count
+        return [str(found[0][0]).strip("<|>") for found in self._model.model.detect_language(enc)]
 
     def _is_silence(self, text: str, no_speech: float, avg_logprob: float) -> bool:
         if not re.search(r"\w", text):
