@@ -51,7 +51,6 @@ class AsrSettings:
     max_repeats: int = 4
     word_timestamps: bool = False
     model_cache_dir: str = "var/models"
-    context_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

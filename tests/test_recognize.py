@@ -59,12 +59,9 @@ def test_repetition_loops_are_cut() -> None:
 
 def test_a_batch_hears_what_each_utterance_alone_hears(recognizer: Recognizer) -> None:
     clips = ["arctic-aew-a0001", "cards-003", "ljspeech-LJ001-0005"]  # 1.5 s to 8 s: padded to the longest
-    batch = recognizer.transcribe_batch([(over_phone(c), "") for c in clips])
+    batch = recognizer.transcribe_batch([over_phone(c) for c in clips])
+    assert len(batch) == len(clips)
     for clip_id, result in zip(clips, batch, strict=True):
         alone = recognizer.transcribe(over_phone(clip_id)).text
         assert speech.wer(speech.reference(clip_id), result.text) <= speech.wer(speech.reference(clip_id), alone) + 0.1
-    with_context = recognizer.transcribe_batch(
-        [(over_phone("cards-003"), "ten of clubs"), (over_phone("cards-001"), "the four queen of clubs")])
-    assert speech.wer("seven of clubs", with_context[0].text) <= 0.34
-    with pytest.raises(ValueError, match="context for all"):
-        recognizer.transcribe_batch([(over_phone("cards-003"), "ten of clubs"), (over_phone("cards-001"), "")])
+        assert len(result.text.split()) <= len(speech.reference(clip_id).split()) + 3  # no loop on the short one

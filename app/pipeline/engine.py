@@ -65,7 +65,6 @@ class _Job:
     recognizer: Recognizer = field(compare=False)
     language: str | None = field(compare=False)
     words: bool = field(compare=False)
-    context: str = field(compare=False)
     future: asyncio.Future[Recognition] = field(compare=False)
 
 
@@ -86,6 +85,7 @@ class SpeechEngine:
         self._vad_wake = asyncio.Event()
         self._jobs: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
         self._seq = itertools.count()
+        self.open_streams: set[EngineStream] = set()  # streams whose audio is still flowing
 
     @classmethod
     def load(cls, asr: AsrSettings, vad: VadSettings, extra_models: Iterable[str] = ()) -> SpeechEngine:
@@ -160,8 +160,10 @@ class SpeechEngine:
         loop = asyncio.get_running_loop()
         while True:
             await self._vad_wake.wait()
-            # Let other streams' chunks join: one batch of many costs about what one costs.
-            await asyncio.sleep(_VAD_GATHER_S)
+            if len(self._vad_waiting) < len(self.open_streams):
+                # Let other streams' chunks join: one batch of many costs about what one
+                # costs. A lone stream (a file being transcribed) never waits.
+                await asyncio.sleep(_VAD_GATHER_S)
             self._vad_wake.clear()
             batch, self._vad_waiting = self._vad_waiting, []
             if not batch:
@@ -186,9 +188,9 @@ class SpeechEngine:
             self.vad.infer(active)
 
     def submit(self, priority: int, audio: np.ndarray, recognizer: Recognizer,
-               language: str | None, words: bool, context: str = "") -> asyncio.Future[Recognition]:
+               language: str | None, words: bool) -> asyncio.Future[Recognition]:
         future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
-        job = _Job(priority, next(self._seq), audio, recognizer, language, words, context, future)
+        job = _Job(priority, next(self._seq), audio, recognizer, language, words, future)
         self._jobs.put_nowait(job)
         return future
 
@@ -202,7 +204,7 @@ class SpeechEngine:
             try:
                 results = await loop.run_in_executor(
                     self._asr_pool, job.recognizer.transcribe_batch,
-                    [(j.audio, j.context) for j in batch], job.language, job.words)
+                    [j.audio for j in batch], job.language, job.words)
             except Exception as exc:
                 for j in batch:
                     if not j.future.done():
@@ -226,8 +228,7 @@ class SpeechEngine:
             if job.priority != first.priority:
                 other.append(job)  # the queue is ordered: nothing of first's priority is left
                 break
-            same = ((job.recognizer, job.language, job.words, bool(job.context))
-                    == (first.recognizer, first.language, first.words, bool(first.context)))
+            same = (job.recognizer, job.language, job.words) == (first.recognizer, first.language, first.words)
             (taken if same else other).append(job)
         for job in other:
             self._jobs.put_nowait(job)
@@ -267,12 +268,11 @@ class EngineStream:
         self._last_interim_at = 0.0
         self._interim_busy = False
         self._pending_finals = 0
-        self._context_text = ""  # the last final's text, Whisper's context for the next
-        self._context_end_s = -1e9
         self._speculation: tuple[float, asyncio.Future[Recognition]] | None = None
         self.received_bytes = 0
         self.dropped_frames = 0
         loop = asyncio.get_running_loop()
+        engine.open_streams.add(self)
         self._worker = loop.create_task(self._process(), name="engine-stream")
         self._emitter = loop.create_task(self._emit(), name="engine-emit")
 
@@ -360,6 +360,7 @@ class EngineStream:
                     self._handle(self._vad.flush())
                     return
         finally:
+            self._engine.open_streams.discard(self)
             self._has_room.set()
             self._outbox.put_nowait(None)
 
@@ -369,7 +370,7 @@ class EngineStream:
                 self._utt_start = event.start_s
                 self._last_interim_at = event.start_s
             elif isinstance(event, SpeechPaused):
-                self._speculation = (event.end_s, self._submit(_FINAL, event.audio, event.start_s))
+                self._speculation = (event.end_s, self._submit(_FINAL, event.audio))
             elif isinstance(event, SpeechResumed):
                 self._drop_speculation()
             elif isinstance(event, UtteranceEnded):
@@ -379,14 +380,12 @@ class EngineStream:
                     self._speculation = None
                 self._drop_speculation()
                 if future is None:
-                    future = self._submit(_FINAL, event.audio, event.start_s)
+                    future = self._submit(_FINAL, event.audio)
                 self._queue_final(self._index, event, future)
                 self._index += 1
 
-    def _submit(self, priority: int, audio: np.ndarray, start_s: float) -> asyncio.Future[Recognition]:
-        recent = start_s - self._context_end_s <= self._engine.asr_settings.context_s
-        context = self._context_text if recent else ""
-        return self._engine.submit(priority, audio, self._recognizer, self._language, self._words, context)
+    def _submit(self, priority: int, audio: np.ndarray) -> asyncio.Future[Recognition]:
+        return self._engine.submit(priority, audio, self._recognizer, self._language, self._words)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -425,7 +424,7 @@ class EngineStream:
         self._last_interim_at = now_s
         self._interim_busy = True
         index = self._index
-        future = self._submit(_INTERIM, audio, start_s)
+        future = self._submit(_INTERIM, audio)
 
         def deliver(done: asyncio.Future[Recognition]) -> None:
             self._interim_busy = False
@@ -457,7 +456,6 @@ class EngineStream:
                 transcript = await pending
                 self._pending_finals -= 1
                 if transcript is not None and transcript.text:
-                    self._context_text, self._context_end_s = transcript.text, transcript.end_s
                     self._results.put_nowait(transcript)
         finally:
             self._results.put_nowait(None)

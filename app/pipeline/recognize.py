@@ -33,7 +33,6 @@ _FRAMES_PER_S = 100  # mel frames
 _WINDOW_S = 30
 _TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
 _MAX_TOKENS = 440
-_CONTEXT_TOKENS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,27 +88,23 @@ class Recognizer:
         return self._tokenizers[language]
 
     def transcribe(self, audio: np.ndarray, language: str | None = None,
-                   word_timestamps: bool = False, context: str = "") -> Recognition:
-        """Recognise one utterance (16 kHz float32, at most 30 s).
+                   word_timestamps: bool = False) -> Recognition:
+        """Recognise one utterance (16 kHz float32, at most 30 s)."""
+        return self.transcribe_batch([audio], language, word_timestamps)[0]
 
-        `context` is what the speaker said just before (the previous final): Whisper reads
-        it as the preceding text, which keeps a sentence split by a pause coherent.
-        """
-        return self.transcribe_batch([(audio, context)], language, word_timestamps)[0]
-
-    def transcribe_batch(self, items: list[tuple[np.ndarray, str]], language: str | None = None,
+    def transcribe_batch(self, items: list[np.ndarray], language: str | None = None,
                          word_timestamps: bool = False) -> list[Recognition]:
-        """Recognise several utterances (audio, context) in one pass of the model.
+        """Recognise several utterances in one pass of the model.
 
         One batch costs much less than its utterances one by one, which is what keeps the
         latency of calls that finish speaking at the same moment low. Each utterance is padded
         to the longest (extra silence is harmless: it is what the spliced tail looks like).
         """
         began = time.perf_counter()
-        durations = [min(len(a) / SAMPLE_RATE, _WINDOW_S - _TAIL_S) for a, _ in items]
+        durations = [min(len(a) / SAMPLE_RATE, _WINDOW_S - _TAIL_S) for a in items]
         length_s = min(float(_WINDOW_S), np.ceil(max(durations) + _TAIL_S))
         padded = np.zeros((len(items), int(length_s * SAMPLE_RATE)), dtype=np.float32)
-        for row, (audio, _) in zip(padded, items, strict=True):
+        for row, audio in zip(padded, items, strict=True):
             usable = audio[: len(row)]
             row[: len(usable)] = usable
         short = self._encode_batch(padded)
@@ -119,7 +114,7 @@ class Recognizer:
 
         langs = self._pick_languages(enc_view, language, len(items))
         toks = [self._tokenizer(lang) for lang in langs]
-        prompts = self._prompts(toks, [context for _, context in items])
+        prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in toks]
         results = self._model.model.generate(
             enc_view, prompts, beam_size=self._settings.beam_size,
             max_length=min(_MAX_TOKENS, int(12 + 8 * max(durations))), return_scores=True,
@@ -145,20 +140,6 @@ class Recognizer:
                 compute_s=time.perf_counter() - began,
             ))
         return out
-
-    def _prompts(self, toks: list[Tokenizer], contexts: list[str]) -> list[list[int]]:
-        """Decoder prompts. CTranslate2 needs start-of-transcript at one position across a
-        batch, so every context is cut to the shortest one's length (all or none must have one)."""
-        previous = [tok.encode(" " + c.strip())[-_CONTEXT_TOKENS:] if c.strip() else []
-                    for tok, c in zip(toks, contexts, strict=True)]
-        keep = min(len(p) for p in previous)
-        if any(previous) and keep == 0:
-            raise ValueError("a batch must have context for all of its utterances or for none")
-        prompts = []
-        for tok, prev in zip(toks, previous, strict=True):
-            prompt = [*tok.sot_sequence, tok.no_timestamps]
-            prompts.append([tok.sot_prev, *prev[len(prev) - keep :], *prompt] if keep else prompt)
-        return prompts
 
     def _pick_languages(self, enc: ctranslate2.StorageView, language: str | None, count: int) -> list[str]:
         wanted = language or self._settings.language
