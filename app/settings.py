@@ -113,7 +113,7 @@ class SipSettings:
     rtp_port_start: int = 10000
     rtp_port_count: int = 2000
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "G722"])
-    max_calls: int = 16
+    max_calls: int = 4
     rtp_timeout_s: int = 30
     allow_from: list[str] = field(default_factory=list)
     auth_username: str = ""

@@ -46,13 +46,14 @@ log = logging.getLogger("hearsay.sip")
 POLL_MS = 10  # libHandleEvents timeout: the longest a posted job waits
 TICK_S = 1.0  # how often RTP timeouts are checked
 HANGUP_WAIT_S = 3.0  # how long shutdown waits for calls to disconnect
-# The pjsua2 wheel's media ioqueue holds 64 sockets; each call takes two (RTP, RTCP), and a
-# closed socket's slot is only reusable ~0.5 s later. So pjsua may hold CALL_SLOTS calls at
-# once, refusals are sent REFUSE_DELAY_S late (a flood then churns slots at most once a
-# second, and pjsua itself answers 486 without media once all are taken), and at most
-# MAX_ADMITTED calls are taken. Past 64 sockets pjlib asserts and the process aborts.
-CALL_SLOTS = 20
-MAX_ADMITTED = 16
+# The pjsua2-python wheel is built with PJSUA_MAX_CALLS = 4: whatever maxCalls says, pjsua
+# holds four calls and answers a fifth INVITE 486 itself (measured with sipp placing 8 calls
+# against maxCalls = 20: 4 accepted). Its media ioqueue also holds only 64 sockets, 2 per
+# call, a closed one reusable ~0.5 s later, and pjlib aborts the process past that; refusals
+# are therefore sent REFUSE_DELAY_S late, so an INVITE flood churns slots at most once a
+# second. Raising MAX_ADMITTED needs a pjsua2 build with a larger PJSUA_MAX_CALLS.
+CALL_SLOTS = 4
+MAX_ADMITTED = 4
 REFUSE_DELAY_S = 1.0
 JB_MAX_MS = 1000  # the jitter buffer absorbs bursts up to this long
 
