@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
 
@@ -85,8 +86,8 @@ async def _transcribe(engine: SpeechEngine, args: argparse.Namespace, duration_s
     return 0
 
 
-async def _print_results(results: object, as_json: bool, out: TextIO) -> None:
-    async for t in results:  # type: ignore[attr-defined]
+async def _print_results(results: AsyncIterator[Transcript], as_json: bool, out: TextIO) -> None:
+    async for t in results:
         out.write(_format(t, as_json) + "\n")
         out.flush()
 

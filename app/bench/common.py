@@ -50,14 +50,6 @@ def wer(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(norm(reference), norm(hypothesis) or "<empty>"))
 
 
-def percentiles_ms(seconds: list[float]) -> dict[str, int | None]:
-    if not seconds:
-        return {"p50": None, "p95": None, "max": None}
-    values = np.array(seconds) * 1000
-    return {"p50": round(float(np.percentile(values, 50))), "p95": round(float(np.percentile(values, 95))),
-            "max": round(float(values.max()))}
-
-
 @dataclass
 class BenchService:
     """A running app and its webhook consumer."""
