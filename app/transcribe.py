@@ -22,7 +22,7 @@ from app.audiofile import AudioFileError, iter_pcm16, probe
 from app.pipeline.decode import encode
 from app.pipeline.engine import SpeechEngine
 from app.pipeline.errors import EngineError
-from app.pipeline.events import AudioFormat, Encoding, Transcript
+from app.pipeline.types import AudioFormat, Encoding, EngineResult, Transcript
 from app.settings import SettingsError, load_settings
 
 PROGRESS_MIN_S = 60.0
@@ -86,10 +86,11 @@ async def _transcribe(engine: SpeechEngine, args: argparse.Namespace, duration_s
     return 0
 
 
-async def _print_results(results: AsyncIterator[Transcript], as_json: bool, out: TextIO) -> None:
-    async for t in results:
-        out.write(_format(t, as_json) + "\n")
-        out.flush()
+async def _print_results(results: AsyncIterator[EngineResult], as_json: bool, out: TextIO) -> None:
+    async for result in results:
+        if isinstance(result, Transcript):  # finals only (no interims asked); speech events are not printed
+            out.write(_format(result, as_json) + "\n")
+            out.flush()
 
 
 def _format(t: Transcript, as_json: bool) -> str:

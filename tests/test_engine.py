@@ -1,22 +1,34 @@
-"""The whole engine stream on real speech through a phone channel."""
+"""The whole engine stream on real speech through a phone channel.
+
+WER bounds. CTranslate2's int8 kernels differ between CPU families (AVX2 or AVX-512, oneDNN
+or MKL), and on short utterances one different word is several percent of WER, so every
+bound below is set from what the clips measure on several kernel paths (this machine's
+default, and forced with CT2_FORCE_CPU_ISA=AVX2/AVX512, ONEDNN_MAX_CPU_ISA=AVX2 and
+CT2_USE_MKL=1) plus two more wrong words, over as many words as the test can score. Each
+bound's comment gives the words, the worst measured and what the bound allows.
+"""
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
 import speech
 
+from app.pipeline import EngineResult, SpeechEvent, SpeechEventKind, Transcript
+from app.pipeline.decode import encode
 from app.pipeline.engine import SpeechEngine
-from app.pipeline.errors import AudioFormatError, UnknownModelError
-from app.pipeline.events import AudioFormat, Encoding, Transcript
+from app.pipeline.errors import AudioFormatError, StreamClosedError, UnknownModelError
+from app.pipeline.resample import resample_whole
+from app.pipeline.types import AudioFormat, Encoding
 
 ULAW_8K = AudioFormat(Encoding.MULAW, 8000)
 
 
 async def run_stream(engine: SpeechEngine, payload: bytes, audio: AudioFormat = ULAW_8K,
-                     frame: int = 160, pace_s: float = 0.0, **options: object) -> list[Transcript]:
+                     frame: int = 160, pace_s: float = 0.0, **options: object) -> list[EngineResult]:
     stream = engine.stream(audio, **options)  # type: ignore[arg-type]
-    results: list[Transcript] = []
+    results: list[EngineResult] = []
 
     async def collect() -> None:
         async for t in stream.results():
@@ -32,35 +44,64 @@ async def run_stream(engine: SpeechEngine, payload: bytes, audio: AudioFormat = 
     return results
 
 
-def finals(results: list[Transcript]) -> list[Transcript]:
-    return [t for t in results if t.is_final]
+def finals(results: list[EngineResult]) -> list[Transcript]:
+    return [t for t in results if isinstance(t, Transcript) and t.is_final]
+
+
+def events(results: list[EngineResult]) -> list[SpeechEvent]:
+    return [e for e in results if isinstance(e, SpeechEvent)]
+
+
+def clips_with_gaps(clip_ids: list[str], gap_s: float) -> np.ndarray:
+    return np.concatenate([np.concatenate([speech.load(c), speech.silence(gap_s)]) for c in clip_ids])
+
+
+def references(clip_ids: list[str]) -> str:
+    return " ".join(speech.reference(c) for c in clip_ids)
+
+
+def texts(transcripts: list[Transcript]) -> str:
+    return " ".join(t.text for t in transcripts)
+
+
+CALL = ["jfk", "ljspeech-LJ001-0005", "arctic-aew-a0003", "timit-LDC93S1", "cards-005",
+        "ljspeech-LJ001-0013"]
 
 
 async def test_a_call_is_heard_word_for_word(engine: SpeechEngine) -> None:
-    audio = np.concatenate([speech.load("jfk"), speech.silence(1.0)])
-    results = await run_stream(engine, speech.telephone(audio))
-    text = " ".join(t.text for t in finals(results))
-    assert speech.wer(speech.reference("jfk"), text) <= 0.10, text
-    assert [t.index for t in finals(results)] == sorted(t.index for t in finals(results))
+    got = finals(await run_stream(engine, speech.telephone(clips_with_gaps(CALL, 1.5))))
+    # 86 words; 7 to 8 wrong on every kernel path measured ("so am I fellow America",
+    # "dog suit", "four of close"): 9.3 %. A word costs 1.2 %: 12 % allows 10 wrong.
+    assert speech.wer(references(CALL), texts(got)) <= 0.12, texts(got)
+    assert [t.index for t in got] == sorted(t.index for t in got)
 
 
 async def test_two_sentences_become_two_finals_with_their_times(engine: SpeechEngine) -> None:
-    a, b = speech.load("ljspeech-LJ001-0008"), speech.load("timit-LDC93S1")
+    a_id, b_id = "ljspeech-LJ001-0008", "timit-LDC93S1"
+    a, b = speech.load(a_id), speech.load(b_id)
     audio = np.concatenate([speech.silence(0.5), a, speech.silence(1.5), b, speech.silence(1.0)])
     got = finals(await run_stream(engine, speech.telephone(audio)))
     assert len(got) == 2, [t.text for t in got]
-    assert speech.wer(speech.reference("ljspeech-LJ001-0008"), got[0].text) <= 0.2
-    assert speech.wer(speech.reference("timit-LDC93S1"), got[1].text) <= 0.3
+    # 15 words; 1 wrong on every kernel path measured ("dog suit"): 6.7 %. 20 % allows 3.
+    assert speech.wer(references([a_id, b_id]), texts(got)) <= 0.20, texts(got)
+    for final, own, other in ((got[0], a_id, b_id), (got[1], b_id, a_id)):  # each final its own words
+        assert speech.wer(speech.reference(own), final.text) < speech.wer(speech.reference(other), final.text)
     b_start = 0.5 + len(a) / 16000 + 1.5
     assert 0.0 <= got[0].start_s < got[0].end_s <= b_start
     assert b_start - 0.6 <= got[1].start_s < got[1].end_s <= len(audio) / 16000 + 0.01
 
 
 async def test_linear16_at_16k_and_alaw_work_too(engine: SpeechEngine) -> None:
-    x = np.concatenate([speech.load("arctic-aew-a0001"), speech.silence(1.0)])
+    clip_ids = ["arctic-aew-a0001", "arctic-aew-a0002", "arctic-aew-a0003"]
+    x = clips_with_gaps(clip_ids, 1.0)
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-    got = finals(await run_stream(engine, pcm, AudioFormat(Encoding.LINEAR16, 16000), frame=640))
-    assert speech.wer(speech.reference("arctic-aew-a0001"), " ".join(t.text for t in got)) <= 0.3
+    alaw = encode(resample_whole(x, 16000, 8000), Encoding.ALAW)
+    for payload, audio, frame in ((pcm, AudioFormat(Encoding.LINEAR16, 16000), 640),
+                                  (alaw, AudioFormat(Encoding.ALAW, 8000), 160)):
+        got = finals(await run_stream(engine, payload, audio, frame=frame))
+        # 27 words; 2 to 3 wrong measured ("Stieles", "Whitmore"/"Twitter more"): 11.1 %.
+        # A word costs 3.7 %: 19 % allows 5 wrong.
+        assert speech.wer(references(clip_ids), texts(got)) <= 0.19, (audio, texts(got))
 
 
 async def test_sixty_seconds_of_silence_and_the_noise_clip_give_no_words(engine: SpeechEngine) -> None:
@@ -72,11 +113,38 @@ async def test_sixty_seconds_of_silence_and_the_noise_clip_give_no_words(engine:
 async def test_interim_results_arrive_before_the_final(engine: SpeechEngine) -> None:
     audio = np.concatenate([speech.load("ljspeech-LJ001-0005"), speech.silence(1.0)])
     results = await run_stream(engine, speech.telephone(audio), frame=800, pace_s=0.02)
-    interims = [t for t in results if not t.is_final]
+    transcripts = [t for t in results if isinstance(t, Transcript)]
+    interims = [t for t in transcripts if not t.is_final]
     assert interims, "no interim result for an 8 s sentence"
     first_final = results.index(finals(results)[0])
     assert results.index(interims[0]) < first_final
-    assert all(t.start_s <= t.end_s for t in results)
+    assert all(t.start_s <= t.end_s for t in transcripts)
+
+
+async def test_speech_events_frame_each_utterance(engine: SpeechEngine) -> None:
+    a, b = speech.load("ljspeech-LJ001-0005"), speech.load("arctic-aew-a0003")
+    audio = np.concatenate([speech.silence(0.5), a, speech.silence(1.5), b, speech.silence(1.0)])
+    results = await run_stream(engine, speech.telephone(audio), frame=800, pace_s=0.02)
+    got = finals(results)
+    assert len(got) == 2, [t.text for t in got]
+    for final in got:
+        mine = [r for r in results if r.index == final.index]
+        kinds = "".join(e.kind.name[0] for e in mine if isinstance(e, SpeechEvent))
+        assert re.fullmatch(r"S(PR)*P?E", kinds), kinds  # started, (paused, resumed)*, ended
+        started, ended = (next(e for e in events(mine) if e.kind is k)
+                          for k in (SpeechEventKind.STARTED, SpeechEventKind.ENDED))
+        first_transcript = next(r for r in mine if isinstance(r, Transcript))
+        assert mine.index(started) < mine.index(first_transcript)  # interims too
+        assert mine.index(ended) < mine.index(final)
+        assert started.emitted_at <= first_transcript.emitted_at
+        assert started.at_s == final.start_s  # the utterance's audio, pre-roll included
+        assert abs(ended.at_s - final.end_s) < 0.002
+        assert started.at_s < ended.at_s
+    b_start = 0.5 + len(a) / 16000 + 1.5
+    started_at = [e.at_s for e in events(results) if e.kind is SpeechEventKind.STARTED]
+    assert 0.0 <= started_at[0] <= 0.5 + 0.3 and b_start - 0.6 <= started_at[1] <= b_start + 0.3
+    at = [e.at_s for e in events(results)]
+    assert at == sorted(at)
 
 
 async def test_bad_formats_are_refused_with_a_reason(engine: SpeechEngine) -> None:
@@ -90,14 +158,32 @@ async def test_bad_formats_are_refused_with_a_reason(engine: SpeechEngine) -> No
     with pytest.raises(AudioFormatError, match="even number of bytes"):
         await stream.feed(b"\x00\x01\x02")
     await stream.finish()
-    with pytest.raises(AudioFormatError, match="finished"):
-        stream.push(b"\x00\x00")
+
+
+async def test_audio_after_finish_or_aclose_is_refused(engine: SpeechEngine) -> None:
+    finished = engine.stream(ULAW_8K)
+    await finished.feed(b"\xff" * 160)
+    await finished.finish()
+    with pytest.raises(StreamClosedError, match="finished"):
+        await finished.feed(b"\xff" * 160)
+    with pytest.raises(StreamClosedError):
+        finished.push(b"\xff" * 160)
+    assert [r async for r in finished.results()] == []  # the results had ended
+    abandoned = engine.stream(ULAW_8K)
+    await abandoned.aclose()
+    with pytest.raises(StreamClosedError):
+        abandoned.push(b"\xff" * 160)
+    with pytest.raises(StreamClosedError):
+        await abandoned.feed(b"\xff" * 160)
 
 
 async def test_two_streams_at_once_keep_their_own_words(engine: SpeechEngine) -> None:
-    a = np.concatenate([speech.load("ljspeech-LJ001-0002"), speech.silence(1.0)])
-    b = np.concatenate([speech.load("arctic-aew-a0003"), speech.silence(1.0)])
-    ra, rb = await asyncio.gather(run_stream(engine, speech.telephone(a)), run_stream(engine, speech.telephone(b)))
-    ta, tb = " ".join(t.text for t in finals(ra)), " ".join(t.text for t in finals(rb))
-    assert speech.wer(speech.reference("ljspeech-LJ001-0002"), ta) <= 0.25, ta
-    assert speech.wer(speech.reference("arctic-aew-a0003"), tb) <= 0.25, tb
+    a_ids = ["ljspeech-LJ001-0002", "ljspeech-LJ001-0004"]
+    b_ids = ["arctic-aew-a0003", "ljspeech-LJ001-0011"]
+    ra, rb = await asyncio.gather(run_stream(engine, speech.telephone(clips_with_gaps(a_ids, 1.0))),
+                                  run_stream(engine, speech.telephone(clips_with_gaps(b_ids, 1.0))))
+    ta, tb = texts(finals(ra)), texts(finals(rb))
+    # 18 and 26 words; 0 and 1 wrong measured ("fine and form"): 12 % allows 2 and 3 wrong,
+    # while words crossing from the other stream would be far more.
+    assert speech.wer(references(a_ids), ta) <= 0.12, ta
+    assert speech.wer(references(b_ids), tb) <= 0.12, tb

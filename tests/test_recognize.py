@@ -1,4 +1,9 @@
-"""Whisper on real utterances: the words heard, silence rejected, loops cut."""
+"""Whisper on real utterances: the words heard, silence rejected, loops cut.
+
+WER bounds are scored over several clips at once and set from what they measure on several
+CTranslate2 kernel paths (see tests/test_engine.py) plus two more wrong words: one word is
+several percent of WER on a short clip, and CPU families differ by about that much.
+"""
 
 import numpy as np
 import pytest
@@ -6,9 +11,9 @@ import speech
 
 from app.pipeline.decode import decode
 from app.pipeline.engine import SpeechEngine
-from app.pipeline.events import Encoding
 from app.pipeline.recognize import Recognizer, cut_repetitions
 from app.pipeline.resample import resample_whole
+from app.pipeline.types import Encoding
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +25,30 @@ def over_phone(clip_id: str) -> np.ndarray:
     return resample_whole(decode(speech.telephone(speech.load(clip_id)), Encoding.MULAW), 8000)
 
 
-@pytest.mark.parametrize("clip_id,max_wer", [
-    ("jfk", 0.10), ("ljspeech-LJ001-0005", 0.10), ("arctic-aew-a0003", 0.15), ("cards-005", 0.35),
-])
-def test_hears_the_words_through_a_phone_channel(recognizer: Recognizer, clip_id: str, max_wer: float) -> None:
-    result = recognizer.transcribe(over_phone(clip_id))
-    assert speech.wer(speech.reference(clip_id), result.text) <= max_wer, result.text
-    assert result.language == "en"
-    assert 0.3 < result.confidence <= 1.0
+def references(clip_ids: list[str]) -> str:
+    return " ".join(speech.reference(c) for c in clip_ids)
 
 
-def test_short_utterance_does_not_loop(recognizer: Recognizer) -> None:
+def test_hears_the_words_through_a_phone_channel(recognizer: Recognizer) -> None:
+    clip_ids = ["jfk", "ljspeech-LJ001-0005", "arctic-aew-a0003", "cards-005"]  # 1 to 11 s
+    results = [recognizer.transcribe(over_phone(c)) for c in clip_ids]
+    text = " ".join(r.text for r in results)
+    # 67 words; 3 wrong on every kernel path measured ("fellow America", "just be", "four of
+    # close"): 4.5 %. A word costs 1.5 %: 8 % allows 5 wrong.
+    assert speech.wer(references(clip_ids), text) <= 0.08, text
+    for result in results:
+        assert result.language == "en"
+        assert 0.3 < result.confidence <= 1.0
+
+
+def test_short_utterances_do_not_loop(recognizer: Recognizer) -> None:
     # the failure the spliced encoding exists to prevent: "ten of clubs ten of clubs ..."
-    text = recognizer.transcribe(over_phone("cards-001")).text
-    assert speech.wer("ten of clubs", text) <= 0.34, text
-    assert len(text.split()) <= 4
+    clip_ids = ["cards-001", "cards-003", "ljspeech-LJ001-0002", "ljspeech-LJ001-0008"]  # 1 to 2 s
+    texts = [recognizer.transcribe(over_phone(c)).text for c in clip_ids]
+    for clip_id, text in zip(clip_ids, texts, strict=True):
+        assert len(text.split()) <= len(speech.reference(clip_id).split()) + 1, text
+    # 14 words; none wrong on any kernel path measured. A word costs 7.1 %: 15 % allows 2.
+    assert speech.wer(references(clip_ids), " ".join(texts)) <= 0.15, texts
 
 
 def test_silence_and_noise_give_no_words(recognizer: Recognizer) -> None:
@@ -61,7 +75,11 @@ def test_a_batch_hears_what_each_utterance_alone_hears(recognizer: Recognizer) -
     clips = ["arctic-aew-a0001", "cards-003", "ljspeech-LJ001-0005"]  # 1.5 s to 8 s: padded to the longest
     batch = recognizer.transcribe_batch([over_phone(c) for c in clips])
     assert len(batch) == len(clips)
+    alone = [recognizer.transcribe(over_phone(c)) for c in clips]
     for clip_id, result in zip(clips, batch, strict=True):
-        alone = recognizer.transcribe(over_phone(clip_id)).text
-        assert speech.wer(speech.reference(clip_id), result.text) <= speech.wer(speech.reference(clip_id), alone) + 0.1
         assert len(result.text.split()) <= len(speech.reference(clip_id).split()) + 3  # no loop on the short one
+    batch_text, alone_text = " ".join(r.text for r in batch), " ".join(r.text for r in alone)
+    # 36 words; the batch and each alone both get 1 wrong ("just be") on every kernel path
+    # measured. Padding to the longest changes the encoder's input a little: 6 % lets the
+    # batch have 2 more words wrong.
+    assert speech.wer(references(clips), batch_text) <= speech.wer(references(clips), alone_text) + 0.06, batch_text

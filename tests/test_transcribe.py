@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import soundfile
 import speech
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,13 +17,19 @@ def transcribe(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_telephone_json_prints_the_sentence() -> None:
-    proc = transcribe(str(speech.clip_path("jfk")), "--telephone", "--json")
+def test_telephone_json_prints_the_sentences(tmp_path: Path) -> None:
+    clip_ids = ["jfk", "ljspeech-LJ001-0005", "arctic-aew-a0003"]
+    audio = np.concatenate([np.concatenate([speech.load(c), speech.silence(1.0)]) for c in clip_ids])
+    soundfile.write(tmp_path / "three.wav", audio, 16000, subtype="PCM_16")
+    proc = transcribe(str(tmp_path / "three.wav"), "--telephone", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert rows and all({"text", "start_s", "end_s", "confidence"} <= set(r) for r in rows)
-    assert speech.wer(speech.reference("jfk"), " ".join(r["text"] for r in rows)) <= 0.10
-    assert all(0 <= r["start_s"] < r["end_s"] <= 11.1 for r in rows)
+    text = " ".join(r["text"] for r in rows)
+    # 58 words; 1 wrong ("just be") on this machine's kernels, 3 ("so am I") with oneDNN's AVX2
+    # ones (see tests/test_engine.py): 5.2 %. A word costs 1.7 %: 9 % allows 5 wrong.
+    assert speech.wer(" ".join(speech.reference(c) for c in clip_ids), text) <= 0.09, text
+    assert all(0 <= r["start_s"] < r["end_s"] <= len(audio) / 16000 for r in rows)
 
 
 def test_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -44,5 +52,6 @@ def test_truncated_file_gives_the_words_it_still_holds(tmp_path: Path) -> None:
     cut.write_bytes(speech.clip_path("jfk").read_bytes()[:80_000])  # first 2.5 s
     proc = transcribe(str(cut), "--json")
     assert proc.returncode == 0, proc.stderr
-    text = " ".join(json.loads(line)["text"] for line in proc.stdout.splitlines()).lower()
-    assert "fellow americans" in text
+    text = " ".join(json.loads(line)["text"] for line in proc.stdout.splitlines())
+    # 5 words; none wrong on any kernel path measured. 40 % allows 2 wrong ("fellow America").
+    assert speech.wer("and so my fellow americans", text) <= 0.4, text

@@ -1,12 +1,13 @@
 """Silero VAD segmentation on real speech."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
 import speech
 
-from app.pipeline.vad import SileroVAD, SpeechPaused, SpeechStarted, UtteranceEnded
+from app.pipeline.vad import CHUNK, SileroVAD, SpeechPaused, SpeechResumed, SpeechStarted, UtteranceEnded
 from app.settings import VadSettings
 
 
@@ -30,10 +31,21 @@ def ended(events: list[object]) -> list[UtteranceEnded]:
     return [e for e in events if isinstance(e, UtteranceEnded)]
 
 
+def assert_each_start_is_ended(events: list[object]) -> None:
+    """Utterance by utterance: started, (paused, resumed)*, [paused], ended, at the same start."""
+    letters = {SpeechStarted: "S", SpeechPaused: "P", SpeechResumed: "R", UtteranceEnded: "E"}
+    kinds = "".join(letters[type(e)] for e in events)
+    assert re.fullmatch(r"(S(PR)*P?E)*", kinds), kinds
+    starts = [e.start_s for e in events if isinstance(e, SpeechStarted)]
+    assert starts == [e.start_s for e in ended(events)]
+
+
 def test_two_sentences_apart_give_two_utterances_at_the_right_times(model: SileroVAD) -> None:
     a, b = speech.load("ljspeech-LJ001-0002"), speech.load("ljspeech-LJ001-0008")
     audio = np.concatenate([speech.silence(1.0), a, speech.silence(1.5), b, speech.silence(1.0)])
-    utts = ended(run(model, audio))
+    events = run(model, audio)
+    assert_each_start_is_ended(events)
+    utts = ended(events)
     assert len(utts) == 2
     b_start = 1.0 + len(a) / 16000 + 1.5
     assert 0.4 <= utts[0].start_s <= 1.4 and utts[0].end_s <= b_start  # pre-roll reaches back
@@ -58,7 +70,9 @@ def test_pause_is_announced_before_the_end(model: SileroVAD) -> None:
 
 def test_long_speech_is_cut_at_max_utterance(model: SileroVAD) -> None:
     audio = np.concatenate([speech.load("ljspeech-LJ001-0001"), speech.load("ljspeech-LJ001-0003")])
-    utts = ended(run(model, audio, VadSettings(max_utterance_s=6.0)))
+    events = run(model, audio, VadSettings(max_utterance_s=6.0))
+    assert_each_start_is_ended(events)
+    utts = ended(events)
     assert len(utts) >= 3
     assert all(u.end_s - u.start_s <= 6.05 for u in utts)
     assert any(u.forced for u in utts)
@@ -71,4 +85,28 @@ def test_long_speech_is_cut_at_max_utterance(model: SileroVAD) -> None:
 def test_short_click_is_not_an_utterance(model: SileroVAD) -> None:
     burst = speech.load("cards-001")[4000:5600]  # 100 ms of speech
     audio = np.concatenate([speech.silence(1.0), burst, speech.silence(1.0)])
-    assert ended(run(model, audio, VadSettings(min_speech_ms=250))) == []
+    assert run(model, audio, VadSettings(min_speech_ms=250)) == []  # not even SpeechStarted
+    # the same burst is announced (and then ended) once it is long enough to count
+    events = run(model, audio, VadSettings(min_speech_ms=32))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechPaused, UtteranceEnded]
+
+
+def test_speech_is_announced_once_it_has_lasted_min_speech(model: SileroVAD) -> None:
+    audio = np.concatenate([speech.silence(1.0), speech.load("cards-003"), speech.silence(1.0)])
+
+    def announced(settings: VadSettings) -> tuple[float, float]:
+        """(stream time when SpeechStarted came, its start_s)"""
+        stream = model.stream(settings)
+        for k in range(0, len(audio), CHUNK):
+            stream.append(audio[k : k + CHUNK])
+            while stream.ready:
+                model.infer([stream])
+                started = [e for e in stream.take_events() if isinstance(e, SpeechStarted)]
+                if started:
+                    return (k + CHUNK) / 16000, started[0].start_s
+        raise AssertionError("speech never announced")
+
+    at_once, start = announced(VadSettings(min_speech_ms=0))
+    later, same_start = announced(VadSettings(min_speech_ms=200))
+    assert same_start == start  # announced late, but it tells where the speech began
+    assert later - at_once >= 6 * CHUNK / 16000  # 7 voiced chunks make 200 ms; the 1st announced at once

@@ -27,11 +27,11 @@ import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from app.audiofile import iter_pcm16
-from app.bench.common import speech_end_s
+from app.bench.common import SPEECH_DIR, speech_end_s
 from app.pipeline.decode import decode, encode
 from app.pipeline.engine import SpeechEngine
-from app.pipeline.events import AudioFormat, Encoding, Transcript
 from app.pipeline.resample import resample_whole
+from app.pipeline.types import AudioFormat, Encoding, Transcript
 from app.settings import load_settings
 
 FRAME = 160  # 20 ms of 8 kHz mu-law
@@ -41,8 +41,9 @@ REALTIME_CLIPS = ("jfk", "ljspeech-LJ001-0005", "arctic-aew-a0003", "timit-LDC93
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--speech", default=str(Path(__file__).resolve().parents[3] / "shared" / "speech"),
-                        help="directory with manifest.tsv and the clips (default: ../shared/speech)")
+    parser.add_argument("--speech", default=str(SPEECH_DIR),
+                        help=f"directory with manifest.tsv and the clips (default: {SPEECH_DIR}; "
+                             "or set HEARSAY_SPEECH_DIR)")
     parser.add_argument("--config", default="settings.toml")
     parser.add_argument("--no-realtime", action="store_true", help="skip the real-time latency pass")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -128,8 +129,9 @@ async def _stream(engine: SpeechEngine, ulaw: bytes, pace: bool = False) -> tupl
     results: list[Transcript] = []
 
     async def collect() -> None:
-        async for t in stream.results():
-            results.append(t)
+        async for result in stream.results():
+            if isinstance(result, Transcript):  # speech events are not measured here
+                results.append(result)
 
     collector = asyncio.create_task(collect())
     start = time.monotonic()

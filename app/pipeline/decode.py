@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.pipeline.errors import AudioFormatError
-from app.pipeline.events import Encoding
+from app.pipeline.types import Encoding
 
 _BIAS = 0x84
 _CLIP = 32635

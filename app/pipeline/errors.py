@@ -3,6 +3,7 @@
     EngineError
      +-- AudioFormatError    the audio cannot be read as declared (encoding, rate, odd length)
      +-- UnknownModelError   a model name that is neither registered nor a model directory
+     +-- StreamClosedError   audio sent to a stream after `finish()` or `aclose()`
 """
 
 
@@ -16,3 +17,7 @@ class AudioFormatError(EngineError):
 
 class UnknownModelError(EngineError):
     """A model name that the registry does not know and that is not a model directory."""
+
+
+class StreamClosedError(EngineError):
+    """Audio sent to a stream after `finish()` or `aclose()`: the call is over or ending."""

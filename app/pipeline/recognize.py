@@ -25,7 +25,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
-from app.pipeline.events import Word
+from app.pipeline.types import Word
 from app.settings import AsrSettings
 
 SAMPLE_RATE = 16000

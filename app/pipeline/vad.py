@@ -5,12 +5,18 @@ its own recurrent state and context, so one model serves every call and `SileroV
 can run the next 32 ms chunk of many streams as one batch.
 
 A `VADStream` turns speech probabilities into events:
-- `SpeechStarted` when speech begins;
+- `SpeechStarted` once the speech has lasted `min_speech_ms` (a click or a cough is not an
+  utterance); its `start_s` is where the utterance's audio begins, pre-roll included;
 - `SpeechPaused` once the speaker has been quiet for `speech_pad_ms`: the utterance as it
   would be finalised now (so recognition can start before the end is confirmed);
 - `SpeechResumed` if they go on talking after a pause;
-- `UtteranceEnded` after `min_silence_ms` of quiet, or when `max_utterance_s` forces a cut at
-  the quietest recent point. Bursts shorter than `min_speech_ms` are discarded silently.
+- `UtteranceEnded` after `min_silence_ms` of quiet, at `flush()`, or when `max_utterance_s`
+  forces a cut at the quietest recent point (the speech goes on as a new utterance, with its
+  own `SpeechStarted`).
+
+Bursts shorter than `min_speech_ms` are discarded without any event, so every `SpeechStarted`
+is followed by exactly one `UtteranceEnded`, and the events of one utterance come in the order
+started, (paused, resumed)*, [paused], ended.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ class SileroVAD:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
-    start_s: float
+    start_s: float  # where the utterance's audio begins (pre-roll included), not when announced
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,7 @@ class VADStream:
         self._pos = 0  # absolute index of the next chunk to classify
         self._events: list[VadEvent] = []
         self._speaking = False
+        self._confirmed = False  # the open utterance has min_speech_ms of speech: announced
         self._utt_start = 0  # absolute index where the current utterance's speech began
         self._voiced = 0  # voiced samples in the current utterance
         self._silence_start: int | None = None
@@ -172,8 +179,8 @@ class VADStream:
         return events
 
     def current(self) -> tuple[float, np.ndarray] | None:
-        """The open utterance so far (start time, audio), for interim results."""
-        if not self._speaking:
+        """The open utterance so far (start time, audio), once announced, for interim results."""
+        if not self._confirmed:
             return None
         start = max(self._start_index(), self._audio.start)
         return start / SAMPLE_RATE, self._audio.slice(start, self._pos)
@@ -191,16 +198,18 @@ class VADStream:
         if not self._speaking:
             if prob >= self._on:
                 self._speaking = True
+                self._confirmed = False
                 self._utt_start = chunk_start
                 self._voiced = CHUNK
                 self._silence_start = None
                 self._paused_sent = False
                 self._probs = [(chunk_start, prob)]
-                self._events.append(SpeechStarted(self._start_index() / SAMPLE_RATE))
+                self._confirm()
             return
         self._probs.append((chunk_start, prob))
         if prob >= self._on:
             self._voiced += CHUNK
+            self._confirm()
             if self._silence_start is not None:
                 if self._paused_sent:
                     self._events.append(SpeechResumed(chunk_start / SAMPLE_RATE))
@@ -213,7 +222,7 @@ class VADStream:
             if quiet >= self._min_silence:
                 self._end_utterance(self._silence_start, forced=False)
                 return
-            if not self._paused_sent and quiet >= self._pad and self._voiced >= self._min_speech:
+            if not self._paused_sent and quiet >= self._pad and self._confirmed:
                 self._paused_sent = True
                 start = self._start_index()
                 end = self._silence_start + self._pad
@@ -223,16 +232,23 @@ class VADStream:
         if chunk_end - self._start_index() >= self._max_len:
             self._force_cut()
 
+    def _confirm(self) -> None:
+        """Announce the open utterance once it has `min_speech_ms` of speech."""
+        if not self._confirmed and self._voiced >= self._min_speech:
+            self._confirmed = True
+            self._events.append(SpeechStarted(self._start_index() / SAMPLE_RATE))
+
     def _start_index(self) -> int:
         return max(self._utt_start - self._preroll, self._audio.start, 0)
 
     def _end_utterance(self, speech_end: int, forced: bool) -> None:
         start = self._start_index()
         end = min(speech_end + (0 if forced else self._pad), self._audio.end)
-        if self._voiced >= self._min_speech:
+        if self._confirmed:  # else a burst too short to be speech: it was never announced
             self._events.append(UtteranceEnded(start / SAMPLE_RATE, end / SAMPLE_RATE,
                                                self._audio.slice(start, end), forced))
         self._speaking = False
+        self._confirmed = False
         self._silence_start = None
         self._paused_sent = False
         self._probs = []
@@ -250,4 +266,4 @@ class VADStream:
         self._utt_start = cut + self._preroll
         self._voiced = sum(CHUNK for _, p in remaining if p >= self._on)
         self._probs = remaining
-        self._events.append(SpeechStarted(cut / SAMPLE_RATE))
+        self._confirm()

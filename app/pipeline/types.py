@@ -57,3 +57,34 @@ class Transcript:
     emitted_at: float = 0.0
     # Seconds of recognizer compute behind this result.
     compute_s: float = 0.0
+
+
+class SpeechEventKind(StrEnum):
+    """What the VAD noticed about the speaker (livekit's START/END_OF_SPEECH, pipecat's
+    user-started/stopped-speaking frames)."""
+
+    # Sent once `min_speech_ms` of speech is heard (shorter bursts are not announced); `at_s`
+    # is where the utterance's audio begins, pre-roll included: its transcripts' `start_s`.
+    STARTED = "speech_started"
+    PAUSED = "speech_paused"  # a short quiet (`at_s`: the end if it ends now); a speculative final starts
+    RESUMED = "speech_resumed"  # speech went on after a pause: the same utterance continues
+    # The utterance ended at `at_s` (its final's `end_s`); its final follows unless Whisper
+    # heard nothing in it. Every STARTED gets one ENDED unless the stream is abandoned (aclose).
+    ENDED = "speech_ended"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEvent:
+    """A moment in the speaker's turn, in stream seconds, for utterance `index` (the same
+    numbering as that utterance's `Transcript`s). Emitted as soon as the VAD decides, so a
+    speech event may come before the final result of an earlier utterance."""
+
+    kind: SpeechEventKind
+    index: int
+    at_s: float
+    # When the engine decided, on the `time.monotonic()` clock.
+    emitted_at: float = 0.0
+
+
+EngineResult = Transcript | SpeechEvent
+"""What `EngineStream.results()` yields."""

@@ -1,0 +1,309 @@
+"""One call's pass through the pipeline: audio in, transcripts and speech events out.
+
+    stream = engine.stream(AudioFormat(Encoding.MULAW, 8000))
+    await stream.feed(payload)      # or stream.push(payload) from a real-time source
+    async for result in stream.results():   # Transcript | SpeechEvent
+        ...
+    await stream.finish()           # end of audio: the open utterance is finalised
+
+Audio is decoded, resampled to 16 kHz and cut into utterances by the VAD (through the
+engine's shared `VadBatcher`); each utterance is recognised on the engine's `AsrScheduler`.
+Interims are asked for every `interim_interval_ms` while someone speaks, at most one at a
+time. A final is started speculatively when the speaker pauses (`SpeechPaused`), so that by
+the time the silence confirms the end of the utterance its text is usually ready; if they go
+on talking the guess is withdrawn.
+
+`results()` yields, for each utterance `index` (0, 1, ... in stream order):
+- `SpeechEvent`s as soon as the VAD decides, never held back: STARTED once the utterance has
+  `min_speech_ms` of speech (`at_s` is where its audio begins, the final's `start_s`), PAUSED
+  and RESUMED while the speaker pauses and goes on, ENDED when it ends (`at_s` is the final's
+  `end_s`). A burst shorter than `min_speech_ms` is discarded by the VAD before any event, so
+  every STARTED is followed by exactly one ENDED, and ENDED never comes before STARTED. The
+  events of an utterance may come before the final of the previous one (barge-in needs them
+  at once).
+- interim `Transcript`s of the utterance, between its STARTED and its ENDED;
+- its final `Transcript`, after its ENDED and after every earlier utterance's final. A final
+  whose text is empty (noise heard as nothing) or whose recognition failed is not emitted, so
+  an ENDED may have no final.
+
+`results()` ends after `finish()` (every STARTED then has its ENDED), after `aclose()`, or
+if processing fails (`finish()` raises the error); the last two abandon the open utterance,
+which then gets no ENDED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from app.pipeline.decode import decode
+from app.pipeline.errors import AudioFormatError, StreamClosedError
+from app.pipeline.recognize import Recognition, Recognizer
+from app.pipeline.resample import Resampler
+from app.pipeline.scheduling import AsrScheduler, Priority, VadBatcher
+from app.pipeline.types import (
+    AudioFormat,
+    Encoding,
+    EngineResult,
+    SpeechEvent,
+    SpeechEventKind,
+    Transcript,
+)
+from app.pipeline.vad import (
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    UtteranceEnded,
+    VadEvent,
+    VADStream,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EngineStream:
+    """One call's pass through the pipeline. Made by `SpeechEngine.stream()`; use it from the
+    event loop it was made on. See the module doc for what `results()` yields."""
+
+    # Backlog (seconds of audio not yet through the VAD): feed() waits above the first,
+    # push() drops above the second.
+    FEED_BACKLOG_S = 2.0
+    PUSH_BACKLOG_S = 20.0
+
+    def __init__(self, audio: AudioFormat, *, vad: VADStream, vad_batcher: VadBatcher,
+                 asr: AsrScheduler, recognizer: Recognizer, language: str | None,
+                 interim_interval_s: float, word_timestamps: bool) -> None:
+        """`interim_interval_s` of 0 asks for no interims."""
+        self.format = audio
+        self._vad = vad
+        self._vad_batcher = vad_batcher
+        self._asr = asr
+        self._recognizer = recognizer
+        self._language = None if language in (None, "", "auto") else language
+        self._interim_every = interim_interval_s
+        self._words = word_timestamps
+        self._resampler = Resampler(audio.sample_rate, 16000)
+        self._inbox: deque[bytes] = deque()
+        self._backlog_bytes = 0
+        self._bytes_per_s = audio.sample_rate * audio.bytes_per_sample
+        self._has_audio = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._closing = False
+        # Finals waiting to be published in utterance order (None: no more utterances).
+        self._finals_in_order: asyncio.Queue[asyncio.Future[Transcript | None] | None] = asyncio.Queue()
+        self._results: asyncio.Queue[EngineResult | None] = asyncio.Queue()
+        self._index = 0  # index of the open (or next) utterance
+        self._last_interim_at = 0.0
+        self._interim_busy = False
+        self._pending_finals = 0
+        self._speculation: tuple[float, asyncio.Future[Recognition]] | None = None
+        self.received_bytes = 0
+        self.dropped_frames = 0
+        loop = asyncio.get_running_loop()
+        vad_batcher.attach(vad)
+        self._worker = loop.create_task(self._process(), name="engine-stream")
+        self._emitter = loop.create_task(self._emit(), name="engine-emit")
+
+    # -- input ---------------------------------------------------------------------------
+    @property
+    def duration_s(self) -> float:
+        """Seconds of audio received so far."""
+        return self.received_bytes / self._bytes_per_s
+
+    def _check(self, payload: bytes) -> None:
+        if self._closing:
+            raise StreamClosedError("the stream is finished; no more audio is accepted")
+        if self.format.encoding is Encoding.LINEAR16 and len(payload) % 2:
+            raise AudioFormatError(f"LINEAR16 audio must have an even number of bytes, got {len(payload)}")
+
+    def _enqueue(self, payload: bytes) -> None:
+        self._inbox.append(payload)
+        self._backlog_bytes += len(payload)
+        self.received_bytes += len(payload)
+        self._has_audio.set()
+        if self._backlog_bytes > self.FEED_BACKLOG_S * self._bytes_per_s:
+            self._has_room.clear()
+
+    async def feed(self, payload: bytes) -> None:
+        """Add audio, waiting while the backlog is full (flow control for fast sources).
+
+        Raises AudioFormatError for a payload that cannot be in the stream's format, and
+        StreamClosedError after `finish()` or `aclose()`."""
+        self._check(payload)
+        await self._has_room.wait()
+        self._enqueue(payload)
+
+    def push(self, payload: bytes) -> bool:
+        """Add audio without waiting; returns False (and counts a drop) when far behind.
+        Raises like `feed()`."""
+        self._check(payload)
+        if self._backlog_bytes > self.PUSH_BACKLOG_S * self._bytes_per_s:
+            self.dropped_frames += 1
+            return False
+        self._enqueue(payload)
+        return True
+
+    async def finish(self) -> None:
+        """End of audio: finalise the open utterance, then end `results()`."""
+        if not self._closing:
+            self._closing = True
+            self._has_audio.set()
+        await asyncio.gather(asyncio.shield(self._worker), asyncio.shield(self._emitter))
+
+    async def aclose(self) -> None:
+        """Abandon the stream without finalising: `results()` ends at once."""
+        self._closing = True
+        for task in (self._worker, self._emitter):
+            task.cancel()
+        for task in (self._worker, self._emitter):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._results.put_nowait(None)
+
+    async def results(self) -> AsyncIterator[EngineResult]:
+        """Speech events and transcripts (see the module doc); ends after `finish()` or
+        `aclose()`."""
+        while True:
+            item = await self._results.get()
+            if item is None:
+                return
+            yield item
+
+    # -- processing ----------------------------------------------------------------------
+    async def _process(self) -> None:
+        try:
+            while True:
+                await self._has_audio.wait()
+                self._has_audio.clear()
+                while self._inbox:
+                    payload = self._inbox.popleft()
+                    self._backlog_bytes -= len(payload)
+                    samples = decode(payload, self.format.encoding)
+                    await self._segment(self._resampler.process(samples))
+                    self._maybe_interim()
+                    if self._backlog_bytes <= self.FEED_BACKLOG_S * self._bytes_per_s:
+                        self._has_room.set()
+                if self._closing and not self._inbox:
+                    await self._segment(self._resampler.process(np.zeros(0, np.float32), final=True))
+                    self._handle(self._vad.flush())
+                    return
+        finally:
+            self._vad_batcher.detach(self._vad)
+            self._has_room.set()
+            self._finals_in_order.put_nowait(None)
+
+    async def _segment(self, samples: np.ndarray) -> None:
+        self._vad.append(samples)
+        while self._vad.ready:
+            await self._vad_batcher.step(self._vad)
+            self._handle(self._vad.take_events())
+
+    def _handle(self, events: list[VadEvent]) -> None:
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self._last_interim_at = event.start_s
+                self._announce(SpeechEventKind.STARTED, event.start_s)
+            elif isinstance(event, SpeechPaused):
+                self._speculation = (event.end_s, self._submit(Priority.FINAL, event.audio))
+                self._announce(SpeechEventKind.PAUSED, event.end_s)
+            elif isinstance(event, SpeechResumed):
+                self._drop_speculation()
+                self._announce(SpeechEventKind.RESUMED, event.at_s)
+            elif isinstance(event, UtteranceEnded):
+                future = None
+                if self._speculation and abs(self._speculation[0] - event.end_s) < 1e-6:
+                    future = self._speculation[1]
+                    self._speculation = None
+                self._drop_speculation()
+                if future is None:
+                    future = self._submit(Priority.FINAL, event.audio)
+                self._announce(SpeechEventKind.ENDED, event.end_s)
+                self._queue_final(self._index, event, future)
+                self._index += 1
+
+    def _announce(self, kind: SpeechEventKind, at_s: float) -> None:
+        # Straight to the results: a speech event is never held behind a pending final.
+        self._results.put_nowait(SpeechEvent(kind, self._index, round(at_s, 3), time.monotonic()))
+
+    def _submit(self, priority: Priority, audio: np.ndarray) -> asyncio.Future[Recognition]:
+        return self._asr.submit(priority, audio, self._recognizer, self._language, self._words)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation[1].cancel()
+            self._speculation = None
+
+    def _queue_final(self, index: int, ended: UtteranceEnded, future: asyncio.Future[Recognition]) -> None:
+        def to_transcript(done: asyncio.Future[Recognition]) -> Transcript | None:
+            if done.cancelled():
+                return None
+            if done.exception() is not None:
+                log.error("recognition failed for utterance %d", index, exc_info=done.exception())
+                return None
+            return self._transcript(index, ended.start_s, ended.end_s, done.result(), final=True)
+
+        out: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+
+        def settle(done: asyncio.Future[Recognition]) -> None:
+            if not out.done():
+                out.set_result(to_transcript(done))
+
+        future.add_done_callback(settle)
+        self._pending_finals += 1
+        self._finals_in_order.put_nowait(out)
+
+    def _maybe_interim(self) -> None:
+        if not self._interim_every or self._interim_busy:
+            return
+        current = self._vad.current()
+        if current is None:
+            return
+        start_s, audio = current
+        now_s = start_s + len(audio) / 16000
+        if now_s - self._last_interim_at < self._interim_every:
+            return
+        self._last_interim_at = now_s
+        self._interim_busy = True
+        index = self._index
+        future = self._submit(Priority.INTERIM, audio)
+
+        def deliver(done: asyncio.Future[Recognition]) -> None:
+            self._interim_busy = False
+            if (done.cancelled() or done.exception() is not None or index != self._index
+                    or self._pending_finals):
+                return  # a final is due first (or supersedes this): keep results in order
+            result = done.result()
+            if result.text:
+                self._results.put_nowait(self._transcript(index, start_s, now_s, result, final=False))
+
+        future.add_done_callback(deliver)
+
+    def _transcript(self, index: int, start_s: float, end_s: float, result: Recognition,
+                    final: bool) -> Transcript:
+        words = tuple(type(w)(w.text, round(start_s + w.start_s, 3), round(start_s + w.end_s, 3),
+                              w.probability) for w in result.words)
+        return Transcript(index=index, text=result.text, start_s=round(start_s, 3),
+                          end_s=round(end_s, 3), is_final=final, confidence=round(result.confidence, 3),
+                          language=result.language, words=words, emitted_at=time.monotonic(),
+                          compute_s=result.compute_s)
+
+    async def _emit(self) -> None:
+        """Publish finals in utterance order (recognition may finish out of order)."""
+        try:
+            while True:
+                pending = await self._finals_in_order.get()
+                if pending is None:
+                    return
+                transcript = await pending
+                self._pending_finals -= 1
+                if transcript is not None and transcript.text:
+                    self._results.put_nowait(transcript)
+        finally:
+            self._results.put_nowait(None)

@@ -1,0 +1,215 @@
+"""The two schedulers every stream of a `SpeechEngine` shares, so the machine does useful work.
+
+- `VadBatcher`: streams with whole 32 ms chunks wait on one batcher, which runs all of them
+  through Silero as one batch on the VAD thread (32 streams cost about what 4 do alone).
+- `AsrScheduler`: a priority queue in front of `[asr] workers` threads. Finals go before
+  interims (`Priority`), and jobs waiting together run as one batch (calls that stop talking
+  at the same moment cost little more than one).
+
+The engine makes one of each and owns them: `start()` binds them to the running event loop
+(again when a later stream runs on another loop), `aclose()` stops their tasks and `close()`
+their threads. Their other methods are what `EngineStream` uses; callers of the engine never
+see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from app.pipeline.recognize import Recognition, Recognizer
+from app.pipeline.vad import SileroVAD, VADStream
+
+VAD_STEPS_PER_BATCH = 16  # chunks a stream may have classified per `VadBatcher.step`
+_VAD_GATHER_S = 0.01  # how long the VAD batcher waits for more streams to join a batch
+_MAX_BATCH = 4  # utterances recognised in one pass
+
+
+class Priority(IntEnum):
+    """Order of recognition jobs: lower goes first."""
+
+    FINAL = 0  # the text of an ended (or, speculatively, paused) utterance
+    INTERIM = 1  # the text so far of an utterance still being spoken
+
+
+class VadBatcher:
+    """Runs the next chunks of every waiting stream through Silero as one batch, on one thread.
+
+    A stream is `attach`ed while its audio flows and `detach`ed when it ends; `step` classifies
+    a stream's ready chunks. A batch waits a little for the attached streams that have not
+    asked yet, since one batch of many costs about what one stream costs alone.
+    """
+
+    def __init__(self, vad: SileroVAD) -> None:
+        self._vad = vad
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vad")
+        self._attached: set[VADStream] = set()
+        self._waiting: list[tuple[VADStream, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the batcher on the running loop, unless it already runs there."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            return
+        # Streams and futures of another loop are dead with it.
+        self._attached.clear()
+        self._waiting = []
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run(), name="vad-batcher")
+
+    def attach(self, stream: VADStream) -> None:
+        """Count `stream` among those whose audio still flows (so batches wait for it)."""
+        self._attached.add(stream)
+
+    def detach(self, stream: VADStream) -> None:
+        """`stream`'s audio has ended: batches no longer wait for it."""
+        self._attached.discard(stream)
+
+    async def step(self, stream: VADStream) -> None:
+        """Classify up to `VAD_STEPS_PER_BATCH` of the stream's ready chunks, in one batch with
+        the other waiting streams'; the stream's events are then ready in `take_events()`.
+        Raises what the batch raised."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((stream, future))
+        self._wake.set()
+        await future
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def close(self) -> None:
+        """Stop the VAD thread (blocking); after `aclose()`."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            if len(self._waiting) < len(self._attached):
+                # Let other streams' chunks join: one batch of many costs about what one
+                # costs. A lone stream (a file being transcribed) never waits.
+                await asyncio.sleep(_VAD_GATHER_S)
+            self._wake.clear()
+            batch, self._waiting = self._waiting, []
+            if not batch:
+                continue
+            try:
+                await loop.run_in_executor(self._pool, self._infer, [s for s, _ in batch])
+            except Exception as exc:  # a broken batch fails its streams, not the batcher
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _infer(self, streams: list[VADStream]) -> None:
+        active = streams
+        for _ in range(VAD_STEPS_PER_BATCH):
+            active = [s for s in active if s.ready]
+            if not active:
+                return
+            self._vad.infer(active)
+
+
+@dataclass(order=True)
+class _Job:
+    priority: Priority
+    seq: int  # first come, first served within a priority
+    audio: np.ndarray = field(compare=False)
+    recognizer: Recognizer = field(compare=False)
+    language: str | None = field(compare=False)
+    words: bool = field(compare=False)
+    future: asyncio.Future[Recognition] = field(compare=False)
+
+
+class AsrScheduler:
+    """Recognition jobs of all streams, by priority, on `workers` threads, batched where they can be."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="asr")
+        self._jobs: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Run the workers on the running loop, unless they already run there."""
+        loop = asyncio.get_running_loop()
+        if self._tasks and self._tasks[0].get_loop() is loop and not any(t.done() for t in self._tasks):
+            return
+        self._jobs = asyncio.PriorityQueue()
+        self._tasks = [loop.create_task(self._work(), name=f"asr-{i}") for i in range(self._workers)]
+
+    def submit(self, priority: Priority, audio: np.ndarray, recognizer: Recognizer,
+               language: str | None, words: bool) -> asyncio.Future[Recognition]:
+        """Queue one utterance (16 kHz) for recognition. Cancelling the future withdraws the
+        job if it has not started (a job that has started still runs, its result unused)."""
+        future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
+        self._jobs.put_nowait(_Job(priority, next(self._seq), audio, recognizer, language, words, future))
+        return future
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def close(self) -> None:
+        """Stop the recognition threads (blocking); after `aclose()`."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._jobs.get()
+            if job.future.done():  # cancelled while queued
+                continue
+            batch = [job, *self._take_batchable(job)]
+            try:
+                results = await loop.run_in_executor(
+                    self._pool, job.recognizer.transcribe_batch,
+                    [j.audio for j in batch], job.language, job.words)
+            except Exception as exc:
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            for j, result in zip(batch, results, strict=True):
+                if not j.future.done():
+                    j.future.set_result(result)
+
+    def _take_batchable(self, first: _Job) -> list[_Job]:
+        """Queued jobs that can run in one batch with `first` (same priority and model)."""
+        taken: list[_Job] = []
+        other: list[_Job] = []
+        # Take only this worker's share of the queue: a batch costs about three quarters of
+        # its utterances one by one, so two workers each doing half beat one doing all.
+        share = -(-(self._jobs.qsize() + 1) // self._workers)
+        while len(taken) < min(_MAX_BATCH, share) - 1 and not self._jobs.empty():
+            job = self._jobs.get_nowait()
+            if job.future.done():
+                continue
+            if job.priority != first.priority:
+                other.append(job)  # the queue is ordered: nothing of first's priority is left
+                break
+            same = (job.recognizer, job.language, job.words) == (first.recognizer, first.language, first.words)
+            (taken if same else other).append(job)
+        for job in other:
+            self._jobs.put_nowait(job)
+        return taken
