@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("app.transcribe", "transcribe an audio file through the live pipeline"),
     "bench": ("app.bench", "run a benchmark (engine, stream, twilio, sip)"),
     "outbox": ("app.delivery.outbox_cli", "inspect and manage the webhook outbox"),
-    "twilio-sim": ("app.ingress.twilio_sim", "replay a WAV file as a Twilio Media Stream"),
+    "twilio-sim": ("app.sim.twilio", "replay a WAV file as a Twilio Media Stream"),
 }
 
 

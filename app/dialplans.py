@@ -1,11 +1,11 @@
 """Dialplans: which calls a route takes and where their words go (`dialplans/*.toml`).
 
-A dialplan file looks like this (keys as in PRODUCT.md, "Dialplans"):
+A dialplan file looks like this (the keys users rely on are listed in docs/architecture.md):
 
     name = "support"
-    [match]
-    sip_user = ["100", "support*"]   # fnmatch globs on the SIP Request-URI user; "*" = any
-    twilio_to = ["+15550001111"]     # fnmatch globs on Twilio's To number
+    [match]                          # one list of fnmatch globs per call source; "*" = any
+    sip_user = ["100", "support*"]   # SIP: the Request-URI user part (also spelled `sip`)
+    twilio_to = ["+15550001111"]     # Twilio: the To number (also spelled `twilio`)
     [webhook]
     url = "https://bot.example.com/hearsay"   # empty: events are logged and kept in the outbox
     secret = "whsec_..."                      # HMAC key for Hearsay-Signature
@@ -18,7 +18,9 @@ A dialplan file looks like this (keys as in PRODUCT.md, "Dialplans"):
 `Dialplans.load(directory)` reads every `*.toml` in file-name order and validates it here, at
 the edge: an unknown key, a missing table or a value of the wrong type raises
 `DialplanError` whose message starts with the file and the key ("dialplans/x.toml:
-match.sip_user: ..."). Matching is first match wins, in file-name order.
+match.sip_user: ..."). Matching is first match wins, in file-name order:
+`Dialplans.match(source, key)` with the call's source ("sip", "twilio") and its routing key
+(the SIP user, the Twilio To number). A new ingress adds its source to `MATCH_KEYS`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+# `[match]` key -> the call source (`app.calls.CallSource` value) whose routing key it globs.
+MATCH_KEYS: dict[str, str] = {
+    "sip": "sip",
+    "sip_user": "sip",  # the documented spelling
+    "twilio": "twilio",
+    "twilio_to": "twilio",  # the documented spelling
+}
+
 
 class DialplanError(ValueError):
     """A dialplan file is unreadable or invalid; the message names the file and the key."""
@@ -37,12 +47,11 @@ class DialplanError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Dialplan:
-    """One route: the calls it takes (`sip_user`, `twilio_to` globs) and where events go."""
+    """One route: the calls it takes (`match`: source -> globs) and where events go."""
 
     name: str
     file: Path = field(default_factory=Path)
-    sip_user: tuple[str, ...] = ()
-    twilio_to: tuple[str, ...] = ()
+    match: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
     webhook_url: str = ""
     webhook_secret: str = ""
     language: str = "en"
@@ -50,22 +59,18 @@ class Dialplan:
     interim_results: bool = False
     transcribe_agent: bool = False
 
-    def matches_sip(self, user: str) -> bool:
-        """Whether a SIP Request-URI user part matches one of this route's `sip_user` globs."""
-        return any(fnmatchcase(user, pattern) for pattern in self.sip_user)
-
-    def matches_twilio(self, to: str) -> bool:
-        """Whether a Twilio To number matches one of this route's `twilio_to` globs."""
-        return any(fnmatchcase(to, pattern) for pattern in self.twilio_to)
+    def matches(self, source: str, key: str) -> bool:
+        """Whether a call from `source` with routing `key` matches one of this route's globs."""
+        return any(fnmatchcase(key, pattern) for pattern in self.match.get(source, ()))
 
     @property
     def is_catch_all(self) -> bool:
         """Whether this route takes any call of some kind (a "*" pattern)."""
-        return "*" in self.sip_user or "*" in self.twilio_to
+        return any("*" in patterns for patterns in self.match.values())
 
 
 class Dialplans:
-    """An immutable, ordered set of dialplans with the matching rules of PRODUCT.md."""
+    """An immutable, ordered set of dialplans; the first match wins, in file-name order."""
 
     __slots__ = ("_by_name", "_plans")
 
@@ -92,13 +97,9 @@ class Dialplans:
         files = sorted(p for p in root.glob("*.toml") if p.is_file())
         return cls(load_file(path, language=language, model=model) for path in files)
 
-    def match_sip(self, user: str) -> Dialplan | None:
-        """The first dialplan (file-name order) whose `sip_user` globs match `user`."""
-        return next((p for p in self._plans if p.matches_sip(user)), None)
-
-    def match_twilio(self, to: str) -> Dialplan | None:
-        """The first dialplan (file-name order) whose `twilio_to` globs match `to`."""
-        return next((p for p in self._plans if p.matches_twilio(to)), None)
+    def match(self, source: str, key: str) -> Dialplan | None:
+        """The first dialplan (file-name order) whose globs for `source` match `key`."""
+        return next((p for p in self._plans if p.matches(source, key)), None)
 
     def by_name(self, name: str) -> Dialplan | None:
         """The dialplan called `name`, if any."""
@@ -123,7 +124,7 @@ class Dialplans:
 
 
 _TABLES: dict[str, frozenset[str]] = {
-    "match": frozenset({"sip_user", "twilio_to"}),
+    "match": frozenset(MATCH_KEYS),
     "webhook": frozenset({"url", "secret"}),
     "recognition": frozenset({"language", "model", "interim_results", "agent_track"}),
 }
@@ -168,8 +169,7 @@ def parse(raw: Mapping[str, Any], path: Path, *, language: str = "en", model: st
     plan = Dialplan(
         name=name,
         file=path,
-        sip_user=_patterns(match, "sip_user", path),
-        twilio_to=_patterns(match, "twilio_to", path),
+        match=_match(match, path),
         webhook_url=url,
         webhook_secret=_string(webhook, "secret", "", path, "webhook"),
         language=_string(recognition, "language", language, path, "recognition"),
@@ -182,6 +182,14 @@ def parse(raw: Mapping[str, Any], path: Path, *, language: str = "en", model: st
     if not plan.model:
         raise DialplanError(f"{path}: recognition.model: must not be empty")
     return plan
+
+
+def _match(table: Mapping[str, Any], path: Path) -> dict[str, tuple[str, ...]]:
+    by_source: dict[str, tuple[str, ...]] = {}
+    for key in sorted(table):
+        source = MATCH_KEYS[key]
+        by_source[source] = by_source.get(source, ()) + _patterns(table, key, path)
+    return by_source
 
 
 def _patterns(table: Mapping[str, Any], key: str, path: Path) -> tuple[str, ...]:

@@ -15,7 +15,8 @@ in order (shutdown closes in reverse):
 `on_shutdown` also closes the hub, so WebSocket handlers see their calls end (and send their
 final results) while the server is still draining connections.
 
-Ingress modules add their routes in `_INGRESS` below; `/health` and `/metrics` live here.
+Ingress modules add their routes through `INGRESS` below; `/health` and `/metrics` live here.
+The shared state's keys are in `app.keys`.
 """
 
 from __future__ import annotations
@@ -33,24 +34,35 @@ from app.calls import CallHub
 from app.delivery.outbox import Outbox
 from app.delivery.worker import Deliverer, DeliveryResult
 from app.dialplans import DialplanError, Dialplans
+from app.ingress import stream_api, twilio
+from app.keys import (
+    CALL_HUB,
+    DELIVERER,
+    ENGINE,
+    ENGINE_ERROR,
+    HEALTH_CHECKS,
+    HTTP_SESSION,
+    METRICS,
+    OUTBOX,
+    SETTINGS,
+)
 from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings
+from sip import agent as sip_agent
 
 if TYPE_CHECKING:
     from app.pipeline.engine import SpeechEngine
 
 log = logging.getLogger("hearsay.server")
 
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-ENGINE: web.AppKey[SpeechEngine | None] = web.AppKey("engine")
-ENGINE_ERROR: web.AppKey[str] = web.AppKey("engine_error")
-HTTP_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_session")
-OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
-DELIVERER: web.AppKey[Deliverer] = web.AppKey("deliverer")
-CALL_HUB: web.AppKey[CallHub] = web.AppKey("call_hub")
-# name -> check(); each returns {"status": "ok" | "failed" | ..., ...details} for /health.
-HEALTH_CHECKS: web.AppKey[dict[str, Callable[[], dict[str, Any]]]] = web.AppKey("health_checks")
+# Each audio source registers its routes (and any cleanup_ctx of its own) with setup(app).
+# SIP comes after the hub's context, so on shutdown the agent stops before the hub ends the
+# remaining calls; it adds nothing when `[sip] enabled` is false.
+INGRESS: tuple[Callable[[web.Application], None], ...] = (
+    stream_api.setup,  # GET /v1/stream
+    twilio.setup,  # POST /twilio/voice, GET /twilio/media
+    sip_agent.setup,  # the SIP user agent
+)
 
 # How long shutdown waits for the Deliverer to send what is due before leaving it in the outbox.
 FLUSH_TIMEOUT_S = 5.0
@@ -70,21 +82,9 @@ def create_app(settings: Settings, *, engine: SpeechEngine | None = None) -> web
     app.on_shutdown.append(_end_calls)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
-    _add_ingress(app)
+    for setup in INGRESS:
+        setup(app)
     return app
-
-
-def _add_ingress(app: web.Application) -> None:
-    """Each audio source registers its routes (and any cleanup_ctx of its own) here."""
-    from app.ingress import stream, twilio
-
-    stream.setup(app)
-    twilio.setup(app)  # POST /twilio/voice, GET /twilio/media
-    # SIP user agent (after _calls_ctx, so the agent stops before the hub ends the remaining calls).
-    if app[SETTINGS].sip.enabled:
-        from sip.agent import sip_ctx
-
-        app.cleanup_ctx.append(sip_ctx)
 
 
 # -- resources ----------------------------------------------------------------------------------
@@ -151,13 +151,13 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS])
     app[CALL_HUB] = hub
     yield
-    await hub.close("shutdown")
+    await hub.close()
 
 
 async def _end_calls(app: web.Application) -> None:
     hub = app.get(CALL_HUB)
     if hub is not None:
-        await hub.close("shutdown")
+        await hub.close()
 
 
 # -- dialplans ----------------------------------------------------------------------------------

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from service_helpers import clip, reference, silence, telephone, wer
 
-from app.calls import CallHub, CallInfo, CallRejected, CallSource
+from app.calls import CallHub, CallInfo, CallRejected, CallSource, EndReason, MediaUnsupported, Rejection
 from app.delivery.outbox import Outbox
 from app.dialplans import Dialplan, Dialplans
-from app.pipeline.events import AudioFormat, Encoding, Transcript
+from app.pipeline.types import AudioFormat, Encoding, SpeechEvent, SpeechEventKind, Transcript
 
 PHONE = AudioFormat(Encoding.MULAW, 8000)
 PLAN = Dialplan(name="support", webhook_url="http://127.0.0.1:9/hook", webhook_secret="s",
-                sip_user=("*",))
+                match={"sip": ("*",)})
 FRAME = 160  # 20 ms of 8 kHz mu-law
 
 
@@ -138,14 +138,61 @@ async def test_two_tracks_are_labelled_by_speaker(engine: Any, outbox: Outbox) -
 async def test_closing_the_hub_ends_calls_and_refuses_new_ones(engine: Any, outbox: Outbox) -> None:
     hub = CallHub(engine, Dialplans([PLAN]), outbox)
     first = await hub.start(info("c5"), PHONE)
-    with pytest.raises(CallRejected, match="already in progress"):
+    with pytest.raises(CallRejected, match="already in progress") as duplicate:
         await hub.start(info("c5"), PHONE)
+    assert duplicate.value.reason is Rejection.DUPLICATE
     await play(first, telephone(clip("ljspeech-LJ001-0002")))  # mid-utterance at shutdown
     await hub.close()
     assert first.ended and hub.active == 0
-    with pytest.raises(CallRejected, match="shutting down"):
+    with pytest.raises(CallRejected, match="shutting down") as closing:
         await hub.start(info("c6"), PHONE)
+    assert closing.value.reason is Rejection.UNAVAILABLE
     events = await payloads(outbox, "c5")
     assert [e["type"] for e in events] == ["call.started", "utterance.final", "call.ended"]
     assert events[-1]["reason"] == "shutdown"
     assert wer(reference("ljspeech-LJ001-0002"), events[-1]["transcript"]) < 0.3
+
+
+@pytest.mark.parametrize(("audio", "options", "reason", "complaint"), [
+    (AudioFormat(Encoding.MULAW, 4000), {}, Rejection.UNSUPPORTED_AUDIO, "sample rate 4000 Hz"),
+    (PHONE, {"model": "huge"}, Rejection.UNKNOWN_MODEL, "'huge' is not loaded"),
+    (PHONE, {"language": "de"}, Rejection.UNKNOWN_MODEL, "needs a multilingual model"),
+])
+async def test_every_refusal_is_one_call_rejected_and_nothing_is_written(
+    engine: Any, outbox: Outbox, audio: AudioFormat, options: dict[str, Any], reason: Rejection,
+    complaint: str,
+) -> None:
+    hub = CallHub(engine, Dialplans([PLAN]), outbox)
+    with pytest.raises(CallRejected, match=complaint) as refused:
+        await hub.start(info("c7"), audio, **options)
+    assert refused.value.reason is reason
+    assert hub.active == 0 and await payloads(outbox, "c7") == []
+
+
+async def test_speech_events_reach_listeners_before_the_final(engine: Any, outbox: Outbox) -> None:
+    """Barge-in and turn-taking read these: speech started as soon as the caller speaks, ended
+    once the turn's silence is heard, both before the final text of that utterance."""
+    hub = CallHub(engine, Dialplans([PLAN]), outbox)
+    call = await hub.start(info("c8"), PHONE)
+    seen: list[SpeechEvent | Transcript] = []
+    call.listen(lambda t: seen.append(t) if t.is_final else None, on_speech=seen.append)
+    await play(call, telephone(silence(1.0) + clip("ljspeech-LJ001-0002") + silence(1.5)))
+    await call.end(EndReason.HANGUP)
+    kinds = [e.kind if isinstance(e, SpeechEvent) else "final" for e in seen]
+    assert kinds[0] is SpeechEventKind.STARTED and "final" in kinds
+    assert kinds.index(SpeechEventKind.ENDED) < kinds.index("final")
+    started = next(e for e in seen if isinstance(e, SpeechEvent))
+    final = next(e for e in seen if isinstance(e, Transcript))
+    assert 0.5 <= started.at_s <= 1.3  # speech begins 1.0 s into the call
+    ended = next(e for e in seen if isinstance(e, SpeechEvent) and e.kind is SpeechEventKind.ENDED)
+    assert ended.at_s == pytest.approx(final.end_s, abs=0.05)
+
+
+async def test_a_call_without_media_says_so_plainly(engine: Any, outbox: Outbox) -> None:
+    hub = CallHub(engine, Dialplans([PLAN]), outbox)
+    call = await hub.start(info("c9"), PHONE)
+    with pytest.raises(MediaUnsupported, match="no outbound audio"):
+        call.media.play(b"\0\0" * 160, 8000)
+    assert call.media.clear() == []
+    await call.end()
+    assert call.end_reason is EndReason.HANGUP

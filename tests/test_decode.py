@@ -5,7 +5,7 @@ import pytest
 
 from app.pipeline.decode import ALAW_TO_PCM16, MULAW_TO_PCM16, decode, decode_pcm16, encode
 from app.pipeline.errors import AudioFormatError
-from app.pipeline.events import Encoding
+from app.pipeline.types import Encoding
 
 
 def test_mulaw_table_matches_g711_reference_points() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from app.delivery import events
 from app.delivery.events import CallRef, EventType
-from app.pipeline.events import Transcript, Word
+from app.pipeline.types import Transcript, Word
 
 CALL = CallRef(id="call_1", source="sip", from_="sip:alice@example.com", to="100", dialplan="support")
 HOOK = {"url": "http://127.0.0.1:9/hook", "secret": "whsec_x"}
@@ -65,8 +65,9 @@ def test_dtmf_body_and_bad_digit() -> None:
 
 
 def test_call_ended_has_full_transcript_and_utterances() -> None:
-    said = [final(0, "Hello.", 0.4, 1.0), (final(1, "How can I help?", 1.5, 2.5), "agent"),
-            final(2, "", 3.0, 3.1)]
+    said = [events.Utterance(final(0, "Hello.", 0.4, 1.0)),
+            events.Utterance(final(1, "How can I help?", 1.5, 2.5), "agent"),
+            events.Utterance(final(2, "", 3.0, 3.1))]
     body = events.call_ended(CALL, said, duration_s=12.34567, reason="hangup", **HOOK).payload()
     assert body["type"] == "call.ended"
     assert body["transcript"] == "Hello. How can I help?"

@@ -52,8 +52,8 @@ def test_shipped_default_takes_every_call_and_keeps_events_local() -> None:
     plans = Dialplans.load(REPO / "dialplans")
     default = plans.default
     assert default is not None and default.name == "default"
-    assert plans.match_sip("anything") is default
-    assert plans.match_twilio("+44123") is default
+    assert plans.match("sip", "anything") is default
+    assert plans.match("twilio", "+44123") is default
     assert default.webhook_url == ""  # events go to the log and the outbox
     assert default.language == "en" and default.model == "mini" and not default.interim_results
 
@@ -62,8 +62,8 @@ def test_keys_are_read_as_product_md_describes(tmp_path: Path) -> None:
     write(tmp_path, "10-support.toml", SUPPORT)
     plan = Dialplans.load(tmp_path).by_name("support")
     assert plan == Dialplan(
-        name="support", file=tmp_path / "10-support.toml", sip_user=("100", "support*"),
-        twilio_to=("+15550001111",), webhook_url="https://bot.example.com/hearsay",
+        name="support", file=tmp_path / "10-support.toml", match={"sip": ("100", "support*"), "twilio": ("+15550001111",)},
+        webhook_url="https://bot.example.com/hearsay",
         webhook_secret="whsec_abc", language="en", model="mini", interim_results=True,
         transcribe_agent=True,
     )
@@ -77,13 +77,15 @@ def test_first_match_wins_in_file_name_order(tmp_path: Path) -> None:
     plans = Dialplans.load(tmp_path)
     assert [p.name for p in plans] == ["support", "sales", "fallback"]
     assert len(plans) == 3
-    match = plans.match_sip
+    def match(user: str) -> Dialplan | None:
+        return plans.match("sip", user)
+
     assert (match("100").name, match("support-eu").name, match("250").name) == ("support", "support", "sales")
     assert match("2500").name == "fallback"  # "2??" is exactly three characters
     assert match("1000").name == "fallback"
-    assert plans.match_twilio("+15550001111").name == "support"
-    assert plans.match_twilio("+15552229999").name == "sales"
-    assert plans.match_twilio("+15559999999") is None  # no twilio catch-all: refused
+    assert plans.match("twilio", "+15550001111").name == "support"
+    assert plans.match("twilio", "+15552229999").name == "sales"
+    assert plans.match("twilio", "+15559999999") is None  # no twilio catch-all: refused
     assert plans.default is not None and plans.default.name == "fallback"
 
 
@@ -91,7 +93,7 @@ def test_no_catch_all_means_no_default_and_unmatched_calls_are_refused(tmp_path:
     write(tmp_path, "support.toml", SUPPORT)
     plans = Dialplans.load(tmp_path)
     assert plans.default is None
-    assert plans.match_sip("999") is None
+    assert plans.match("sip", "999") is None
     assert plans.by_name("nope") is None
 
 
@@ -99,7 +101,7 @@ def test_missing_name_uses_file_name_and_missing_settings_use_defaults(tmp_path:
     write(tmp_path, "night.toml", '[match]\nsip_user = "9*"\n')
     plan = Dialplans.load(tmp_path, language="de", model="base").by_name("night")
     assert plan is not None
-    assert plan.sip_user == ("9*",)
+    assert plan.match == {"sip": ("9*",)}
     assert (plan.language, plan.model, plan.webhook_url) == ("de", "base", "")
 
 
@@ -149,3 +151,21 @@ def test_relative_directory_names_the_file_as_given(tmp_path: Path, monkeypatch:
     with pytest.raises(DialplanError) as caught:
         Dialplans.load("dialplans")
     assert str(caught.value).startswith("dialplans/x.toml: match.sip_user: ")
+
+
+def test_match_keys_are_per_source_and_the_documented_spellings_are_aliases(tmp_path: Path) -> None:
+    write(tmp_path, "both.toml", '[match]\nsip = ["1*"]\nsip_user = ["200"]\ntwilio = ["+44*"]\n')
+    plans = Dialplans.load(tmp_path)
+    plan = plans.by_name("both")
+    assert plan is not None and plan.match == {"sip": ("1*", "200"), "twilio": ("+44*",)}
+    assert plans.match("sip", "150") is plan and plans.match("sip", "200") is plan
+    assert plans.match("twilio", "+4420") is plan
+    assert plans.match("twilio", "150") is None  # a key is only matched against its own source
+    assert plans.match("stream", "150") is None
+
+
+def test_every_match_key_names_a_call_source() -> None:
+    from app.calls import CallSource
+    from app.dialplans import MATCH_KEYS
+
+    assert set(MATCH_KEYS.values()) <= {s.value for s in CallSource}

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.ingress.twilio_wav import read_wav_mulaw
 from app.pipeline.decode import decode
-from app.pipeline.events import Encoding
+from app.pipeline.types import Encoding
+from app.sim.wav import read_wav_mulaw
 
 
 def write_wav(path: Path, body: bytes, *, tag: int, channels: int, rate: int, bits: int) -> Path:

@@ -1,4 +1,4 @@
-"""Webhook events: what Hearsay POSTs to a dialplan's `webhook.url` (PRODUCT.md, "Webhooks").
+"""Webhook events: what Hearsay POSTs to a dialplan's `webhook.url` (docs/webhooks.md).
 
 Each builder returns a `WebhookEvent` whose JSON `body` is built once, here, so the outbox,
 the signature and every retry use the same bytes and the same event id. Bodies:
@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from app.pipeline.events import Transcript
+from app.pipeline.types import Transcript
 
 
 class EventType(StrEnum):
@@ -107,14 +107,18 @@ def dtmf(call: CallRef, digit: str, *, url: str, secret: str) -> WebhookEvent:
     return _build(EventType.DTMF, call, url, secret, {"dtmf": {"digit": digit}})
 
 
-Spoken = Transcript | tuple[Transcript, str]
-"""A final utterance, alone or with its speaker ("caller", "agent")."""
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """A final utterance of a call and, on two-track calls, who spoke it ("caller", "agent")."""
+
+    transcript: Transcript
+    speaker: str | None = None
 
 
-def call_ended(call: CallRef, utterances: Sequence[Spoken], *, duration_s: float, reason: str,
+def call_ended(call: CallRef, utterances: Sequence[Utterance], *, duration_s: float, reason: str,
                url: str, secret: str) -> WebhookEvent:
     """`call.ended`: the full `transcript` text, the `utterances` list, duration and reason."""
-    items = [utterance_json(*u) if isinstance(u, tuple) else utterance_json(u) for u in utterances]
+    items = [utterance_json(u.transcript, u.speaker) for u in utterances]
     text = " ".join(item["text"] for item in items if item["text"])
     return _build(EventType.CALL_ENDED, call, url, secret, {
         "transcript": text,

@@ -1,5 +1,5 @@
-"""`GET /v1/stream`: the streaming transcription WebSocket (PRODUCT.md, wire format in
-`stream_protocol`).
+"""`GET /v1/stream`: the streaming transcription WebSocket (docs/streaming.md; the wire format
+is in `stream_protocol`).
 
 One `StreamSession` per connection. It reads the socket in one task and feeds audio into its
 `Call` with `await call.feed()`, which waits while the engine's backlog is full: a client
@@ -10,8 +10,12 @@ are dropped when the queue is full), never finals, and never holds up the engine
 else.
 
 A session ends on `stop_transcription`, after the first final with `singleUtterance`, when a
-limit is hit, when the client goes away, or at shutdown. Ending finalises the open utterance,
-sends the last results, `transcription_complete`, and closes the socket cleanly.
+limit is hit, when the client goes away, when the assistant hangs up (`call.media.hangup()`),
+or at shutdown. Ending finalises the open utterance, sends the last results,
+`transcription_complete`, and closes the socket cleanly.
+
+The session has no outbound audio: `call.media.play()` raises `MediaUnsupported` (the
+protocol sends JSON text only; docs/streaming.md).
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from app.calls import Call, CallInfo, CallRejected, CallSource
+from app.calls import Call, CallInfo, CallRejected, CallSource, EndReason, NoMedia, Rejection
 from app.ingress import stream_protocol as proto
 from app.ingress.stream_protocol import ErrorCode, ProtocolError
+from app.keys import CALL_HUB, METRICS, SETTINGS
 from app.logs import bind_call
-from app.pipeline.errors import AudioFormatError, UnknownModelError
-from app.pipeline.events import Transcript
-from app.server import CALL_HUB, METRICS, SETTINGS
+from app.pipeline.errors import AudioFormatError, StreamClosedError
+from app.pipeline.types import Transcript
 
 log = logging.getLogger("hearsay.stream")
 
@@ -41,6 +45,14 @@ SESSIONS: web.AppKey[set[StreamSession]] = web.AppKey("stream_sessions")
 
 SEND_QUEUE_LIMIT = 32  # messages waiting for a slow client before interims are dropped
 DRAIN_TIMEOUT_S = 10.0  # how long the last results may take to reach the client at the end
+# How a refused call reads on the wire.
+_REJECTION_CODES = {
+    Rejection.UNAVAILABLE: ErrorCode.UNAVAILABLE,
+    Rejection.DUPLICATE: ErrorCode.UNAVAILABLE,
+    Rejection.UNKNOWN_MODEL: ErrorCode.UNKNOWN_MODEL,
+    Rejection.UNSUPPORTED_AUDIO: ErrorCode.UNSUPPORTED_ENCODING,
+    Rejection.INVALID_CONFIG: ErrorCode.INVALID_CONFIG,
+}
 # aiohttp refuses (and closes on) frames above this; ours answers "message_too_large" below it.
 _HARD_LIMIT_FACTOR = 4
 
@@ -57,7 +69,7 @@ async def _end_sessions(app: web.Application) -> None:
     live: set[StreamSession] = app[SESSIONS]
     sessions = list(live)
     for session in sessions:
-        session.request_end("shutdown")
+        session.request_end(EndReason.SHUTDOWN)
     await asyncio.gather(*(s.done.wait() for s in sessions))
 
 
@@ -119,10 +131,10 @@ class StreamSession:
         self._wake = asyncio.Event()
         self._closing = False
         self._dropped_interims = 0
-        self._end: asyncio.Future[tuple[str, ErrorCode | None, str]] = (
+        self._end: asyncio.Future[tuple[EndReason, ErrorCode | None, str]] = (
             asyncio.get_running_loop().create_future())
 
-    def request_end(self, reason: str, code: ErrorCode | None = None, message: str = "") -> None:
+    def request_end(self, reason: EndReason, code: ErrorCode | None = None, message: str = "") -> None:
         """Ask the session to end (first request wins); `code` sends an error first."""
         if not self._end.done():
             self._end.set_result((reason, code, message))
@@ -133,7 +145,7 @@ class StreamSession:
         try:
             waiters: list[asyncio.Future[Any]] = [reader, self._end]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            self.request_end("disconnect")
+            self.request_end(EndReason.DISCONNECTED)
             reason, code, message = self._end.result()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,7 +160,7 @@ class StreamSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
             if self._call is not None:
-                await self._call.end("disconnect")
+                await self._call.end(EndReason.DISCONNECTED)
             if not self._ws.closed:
                 await self._ws.close()
 
@@ -166,7 +178,7 @@ class StreamSession:
             else:
                 break
             if size > limit:
-                self.request_end("message_too_large", ErrorCode.MESSAGE_TOO_LARGE,
+                self.request_end(EndReason.MESSAGE_TOO_LARGE, ErrorCode.MESSAGE_TOO_LARGE,
                                  f"a message of {size} bytes is over the limit of {limit} bytes")
                 return
             try:
@@ -183,7 +195,7 @@ class StreamSession:
         elif self._call is None:
             raise ProtocolError(ErrorCode.NOT_STARTED, "send start_transcription first")
         elif isinstance(message, proto.Stop):
-            self.request_end("stop")
+            self.request_end(EndReason.STOP)
         else:
             await self._audio(self._call, message.payload)
 
@@ -202,18 +214,14 @@ class StreamSession:
         try:
             call = await hub.start(info, config.audio, language=config.language, model=config.model,
                                    interim_results=config.interim_results,
-                                   word_timestamps=True if config.words else None)
+                                   word_timestamps=True if config.words else None,
+                                   media=_SessionMedia(self))
         except CallRejected as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        except UnknownModelError as exc:
-            raise ProtocolError(ErrorCode.UNKNOWN_MODEL, str(exc)) from None
-        except AudioFormatError as exc:
-            raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING, str(exc)) from None
-        except ValueError as exc:  # e.g. a language the model does not know
-            raise ProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+            raise ProtocolError(_REJECTION_CODES[exc.reason], exc.message) from None
         self._config = config
         self._call = call
-        call.listen(self._on_transcript, lambda: self.request_end("call_ended"))
+        # The call can end without us (the hub closing it): then the session ends too.
+        call.listen(self._on_transcript, lambda: self.request_end(call.end_reason or EndReason.SHUTDOWN))
         self._queue(proto.started(self.id), droppable=False)
         log.info("stream session started: %s %d Hz, dialplan %s", config.audio.encoding.value,
                  config.audio.sample_rate, plan.name if plan else "-")
@@ -224,11 +232,13 @@ class StreamSession:
             return
         try:
             await call.feed(payload)
+        except StreamClosedError:
+            return  # the call is ending (shutdown, hang-up); the session ends with it
         except AudioFormatError as exc:
             raise ProtocolError(ErrorCode.INVALID_AUDIO, str(exc)) from None
         limit = self._settings.stream.max_session_s
         if call.duration_s > limit:
-            self.request_end("session_too_long", ErrorCode.SESSION_TOO_LONG,
+            self.request_end(EndReason.SESSION_TOO_LONG, ErrorCode.SESSION_TOO_LONG,
                              f"the session passed the limit of {limit} s of audio")
 
     # -- results ----------------------------------------------------------------------------
@@ -240,16 +250,16 @@ class StreamSession:
             self._finals.append(transcript)
             self._queue(proto.result(transcript, words=self._config.words), droppable=False)
             if self._config.single_utterance:
-                self.request_end("single_utterance")
+                self.request_end(EndReason.SINGLE_UTTERANCE)
         elif self._config.interim_results:
             self._queue(proto.result(transcript, words=self._config.words), droppable=True)
 
-    async def _finish(self, reason: str, code: ErrorCode | None, message: str) -> None:
+    async def _finish(self, reason: EndReason, code: ErrorCode | None, message: str) -> None:
         if code is not None:
             self._send_error(code, message)
         call = self._call
         if call is not None:
-            if reason == "single_utterance":
+            if reason is EndReason.SINGLE_UTTERANCE:
                 await call.abort(reason)  # audio after the first utterance is not transcribed
             else:
                 await call.end(reason)
@@ -293,10 +303,22 @@ class StreamSession:
                 return
 
 
-def _close_code(end: asyncio.Future[tuple[str, ErrorCode | None, str]]) -> int:
+class _SessionMedia(NoMedia):
+    """A session's outbound side: no audio (the protocol is JSON text), but the assistant can
+    hang up, which ends the session like `stop_transcription` (reason `agent_hangup`)."""
+
+    def __init__(self, session: StreamSession) -> None:
+        super().__init__("a /v1/stream session has no outbound audio", sample_rate=16000)
+        self._session = session
+
+    async def hangup(self, reason: EndReason = EndReason.AGENT_HANGUP) -> None:
+        self._session.request_end(reason)
+
+
+def _close_code(end: asyncio.Future[tuple[EndReason, ErrorCode | None, str]]) -> int:
     code = end.result()[1] if end.done() else None
     if code is ErrorCode.MESSAGE_TOO_LARGE:
         return WSCloseCode.MESSAGE_TOO_BIG
     if code is not None:
         return WSCloseCode.POLICY_VIOLATION
-    return WSCloseCode.GOING_AWAY if end.done() and end.result()[0] == "shutdown" else WSCloseCode.OK
+    return WSCloseCode.GOING_AWAY if end.done() and end.result()[0] is EndReason.SHUTDOWN else WSCloseCode.OK

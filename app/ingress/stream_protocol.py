@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from app.pipeline.events import AudioFormat, Encoding, Transcript
-
-MIN_RATE = 8000
-MAX_RATE = 48000
+from app.pipeline import MAX_RATE, MIN_RATE
+from app.pipeline.types import AudioFormat, Encoding, Transcript
 
 
 class ErrorCode(StrEnum):

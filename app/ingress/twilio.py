@@ -12,8 +12,7 @@ When `[twilio] auth_token` is set, both requests must carry a valid `X-Twilio-Si
 `X-Forwarded-Proto` / `X-Forwarded-Host` from a reverse proxy applied. A bad signature gets
 403 and a log line.
 
-Live streams' senders are kept under `TWILIO_SENDERS` (call id -> `TwilioSender`) for the
-talk-back code to speak into a call.
+Each call's outbound side (`call.media`, a `TwilioMedia`) speaks into bidirectional streams.
 """
 
 from __future__ import annotations
@@ -25,9 +24,10 @@ from typing import Any
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from app.ingress.twilio_media import MediaSession, TwilioSender
+from app.calls import CallSource
+from app.ingress.twilio_media import MediaSession
 from app.ingress.twilio_twiml import TWIML_CONTENT_TYPE, connect_stream, reject
-from app.server import CALL_HUB, SETTINGS
+from app.keys import CALL_HUB, SETTINGS
 
 log = logging.getLogger("hearsay.twilio")
 
@@ -35,12 +35,9 @@ VOICE_PATH = "/twilio/voice"
 MEDIA_PATH = "/twilio/media"
 MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms media message is about 300 bytes
 
-TWILIO_SENDERS: web.AppKey[dict[str, TwilioSender]] = web.AppKey("twilio_senders")
-
 
 def setup(app: web.Application) -> None:
     """Register the Twilio routes on the Hearsay app."""
-    app[TWILIO_SENDERS] = {}
     app.router.add_post(VOICE_PATH, voice)
     app.router.add_get(MEDIA_PATH, media)
 
@@ -89,7 +86,7 @@ async def voice(request: web.Request) -> web.Response:
     if not _signed(request, [external_url(request)], form):
         raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
     to, from_, call_sid = str(form.get("To", "")), str(form.get("From", "")), str(form.get("CallSid", ""))
-    plan = request.app[CALL_HUB].dialplans.match_twilio(to)
+    plan = request.app[CALL_HUB].dialplans.match(CallSource.TWILIO, to)
     if plan is None:
         log.warning("twilio call %s from %r to %r: no dialplan takes it, rejected", call_sid, from_, to)
         return web.Response(text=reject(), content_type=TWIML_CONTENT_TYPE)
@@ -107,7 +104,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
-    session = MediaSession(ws, request.app[CALL_HUB], request.app[TWILIO_SENDERS])
+    session = MediaSession(ws, request.app[CALL_HUB])
     try:
         await session.run()
     finally:

@@ -8,23 +8,29 @@
                 the caller) or `call.push_agent` (outbound, speaker "agent", when the
                 dialplan's `agent_track` is on and Twilio streams both tracks)
     dtmf     -> `call.dtmf(digit)`
-    mark     -> the sender's mark listeners (talk-back learns its audio has played)
-    stop     -> flush, `call.end("hangup")`; a socket that closes or goes idle without `stop`
-                ends the call too ("disconnected"), so what was heard is still delivered
+    mark     -> `TwilioMedia.mark_played`: the playback it closes was heard
+    stop     -> flush, `call.end(HANGUP)`; a socket that closes or goes idle without `stop`
+                ends the call too (DISCONNECTED, TIMEOUT), so what was heard is still delivered
 
 A bad frame (not JSON, unknown event, media before start, bad base64, wrong size) is logged
-with the streamSid and skipped: the call goes on. `TwilioSender` is the typed sending side
-(media, mark, clear) for bidirectional streams.
+with the streamSid and skipped: the call goes on. A frame that arrives after the call has
+ended elsewhere (shutdown finalising it) ends the session quietly. `TwilioMedia` is the call's
+outbound side (`call.media`): audio, marks and `clear` back into bidirectional streams.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Coroutine
+from typing import Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
-from app.calls import Call, CallHub, CallInfo, CallRejected, CallSource
+from app.calls import Call, CallHub, CallInfo, CallRejected, CallSource, EndReason, Playback, PlaybackState
+from app.calls.media import PacedPlayer
 from app.ingress.twilio_jitter import JitterBuffer
 from app.ingress.twilio_protocol import (
     Clear,
@@ -41,8 +47,9 @@ from app.ingress.twilio_protocol import (
     encode_message,
     parse_message,
 )
-from app.pipeline.errors import EngineError
-from app.pipeline.events import AudioFormat, Encoding
+from app.pipeline.decode import encode
+from app.pipeline.errors import StreamClosedError
+from app.pipeline.types import AudioFormat, Encoding
 
 log = logging.getLogger("hearsay.twilio")
 
@@ -51,66 +58,98 @@ IDLE_TIMEOUT_S = 30.0  # Twilio sends media every 20 ms; this much silence means
 BAD_FRAMES_LOGGED = 20  # per stream; after that they are only counted
 
 
-class TwilioSender:
-    """Sends audio and control messages back into a bidirectional Twilio stream."""
+class TwilioMedia:
+    """The outbound side of a bidirectional Twilio stream (`CallMedia`).
+
+    `play` sends 8 kHz μ-law `media` messages on a 20 ms clock, then a `mark` named after the
+    playback; Twilio echoes the mark once the caller has heard everything before it, and only
+    then is the playback FINISHED. `clear` stops our queue and sends Twilio's `clear`, which
+    drops what Twilio has buffered (its marks come back at once and are ignored: those
+    playbacks are already INTERRUPTED). `hangup` closes the socket, which ends a `<Connect>`
+    stream and, with no TwiML after it, the call.
+    """
+
+    sample_rate = 8000
 
     def __init__(self, ws: web.WebSocketResponse, stream_sid: str) -> None:
         self.stream_sid = stream_sid
         self._ws = ws
-        self._mark_listeners: list[Callable[[str], None]] = []
+        self._player = PacedPlayer(self.sample_rate, self._send_frame, self._send_mark)
+        self._hangup: EndReason | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def listen_marks(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        """Call `callback(name)` when Twilio reports a mark played; returns an unsubscriber."""
-        self._mark_listeners.append(callback)
-        return lambda: self._mark_listeners.remove(callback) if callback in self._mark_listeners else None
+    @property
+    def frames_sent(self) -> int:
+        return self._player.frames_sent
+
+    @property
+    def hung_up(self) -> EndReason | None:
+        """Why we hung up, if we did (the session ends the call with this reason)."""
+        return self._hangup
+
+    def play(self, pcm: bytes, rate: int) -> Playback:
+        return self._player.play(pcm, rate)
+
+    def clear(self) -> list[Playback]:
+        stopped = self._player.clear()
+        if stopped and not self._ws.closed:
+            # Fire and forget on purpose: barge-in must not wait on the socket; a closed
+            # socket here only means the call is ending anyway.
+            self._background(self._send(Clear(self.stream_sid)))
+        return stopped
+
+    async def hangup(self, reason: EndReason = EndReason.AGENT_HANGUP) -> None:
+        if self._hangup is None:
+            self._hangup = reason
+            await self._ws.close(message=b"hangup")
+
+    async def aclose(self) -> None:
+        await self._player.aclose()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
 
     def mark_played(self, name: str) -> None:
-        """Twilio echoed mark `name`: tell the listeners (a failing one is logged)."""
-        for callback in list(self._mark_listeners):
-            try:
-                callback(name)
-            except Exception:
-                log.exception("twilio stream %s: a mark listener failed", self.stream_sid)
+        """Twilio echoed mark `name`: the playback it closes (and any before it) was heard."""
+        for playback in self._player.sent():
+            playback.settle(PlaybackState.FINISHED)
+            if playback.id == name:
+                return
+        log.debug("twilio stream %s: mark %r is not one of ours (or was cleared)", self.stream_sid, name)
 
-    async def send_media(self, payload: bytes) -> None:
-        """Queue 8 kHz μ-law audio for Twilio to play to the caller."""
-        if not payload:
-            raise ValueError("media payload must not be empty")
+    async def _send_frame(self, pcm: bytes) -> None:
+        payload = encode(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768, Encoding.MULAW)
         await self._send(OutboundMedia(self.stream_sid, payload))
 
-    async def send_mark(self, name: str) -> None:
-        """Mark the end of the audio queued so far; Twilio echoes it once that has played."""
-        if not name:
-            raise ValueError("mark name must not be empty")
-        await self._send(OutboundMark(self.stream_sid, name))
-
-    async def send_clear(self) -> None:
-        """Drop the audio Twilio has not played yet (barge-in)."""
-        await self._send(Clear(self.stream_sid))
+    async def _send_mark(self, playback: Playback) -> None:
+        await self._send(OutboundMark(self.stream_sid, playback.id))
 
     async def _send(self, message: OutboundMessage) -> None:
         await self._ws.send_str(encode_message(message))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 class MediaSession:
     """Reads one Media Streams socket and drives its call. Owned by the WebSocket handler."""
 
-    def __init__(self, ws: web.WebSocketResponse, hub: CallHub,
-                 senders: dict[str, TwilioSender]) -> None:
+    def __init__(self, ws: web.WebSocketResponse, hub: CallHub) -> None:
         self._ws = ws
         self._hub = hub
-        self._senders = senders
         self.stream_sid = ""
         self.call: Call | None = None
         self.bad_frames = 0
-        self.sender: TwilioSender | None = None
+        self.media: TwilioMedia | None = None
         self._inbound = JitterBuffer()
         self._outbound = JitterBuffer()
         self._agent = False
 
     async def run(self) -> None:
         """Serve the stream until `stop` or the socket ends; the call is always ended."""
-        reason = "disconnected"
+        reason = EndReason.DISCONNECTED
         try:
             while not self._ws.closed:
                 try:
@@ -118,7 +157,7 @@ class MediaSession:
                 except TimeoutError:
                     log.warning("twilio stream %s: no message for %.0f s, ending the call",
                                 self.stream_sid or "-", IDLE_TIMEOUT_S)
-                    reason = "timeout"
+                    reason = EndReason.TIMEOUT
                     break
                 if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     break
@@ -131,9 +170,12 @@ class MediaSession:
                     self._bad(str(exc))
                     continue
                 if isinstance(message, Stop):
-                    reason = "hangup"
+                    reason = EndReason.HANGUP
                     break
-                if not await self._handle(message):
+                try:
+                    if not await self._handle(message):
+                        break
+                except StreamClosedError:  # the call was ended elsewhere (shutdown) meanwhile
                     break
                 if self.call is not None and self.call.ended:  # ended elsewhere (shutdown)
                     break
@@ -159,8 +201,8 @@ class MediaSession:
             self._media(self.call, message)
         elif isinstance(message, Dtmf):
             self.call.dtmf(message.digit)
-        elif self.sender is not None:
-            self.sender.mark_played(message.name)
+        elif self.media is not None:
+            self.media.mark_played(message.name)
         return True
 
     async def _start(self, start: Start) -> bool:
@@ -168,7 +210,8 @@ class MediaSession:
         params = start.custom_parameters
         to, from_ = params.get("To", ""), params.get("From", "")
         dialplans = self._hub.dialplans
-        plan = dialplans.by_name(params["dialplan"]) if params.get("dialplan") else dialplans.match_twilio(to)
+        plan = (dialplans.by_name(params["dialplan"]) if params.get("dialplan")
+                else dialplans.match(CallSource.TWILIO, to))
         if plan is None:
             log.warning("twilio stream %s (call %s): no dialplan for dialplan=%r To=%r; closing",
                         start.stream_sid, start.call_sid, params.get("dialplan"), to)
@@ -182,14 +225,15 @@ class MediaSession:
             metadata["customParameters"] = extra
         info = CallInfo(id=start.call_sid, source=CallSource.TWILIO, from_=from_, to=to,
                         dialplan=plan, metadata=metadata)
+        media = TwilioMedia(self._ws, start.stream_sid)
         try:
-            self.call = await self._hub.start(info, MULAW_8K, agent_audio=MULAW_8K if self._agent else None)
-        except (CallRejected, EngineError) as exc:
+            self.call = await self._hub.start(info, MULAW_8K, agent_audio=MULAW_8K if self._agent else None,
+                                              media=media)
+        except CallRejected as exc:
             log.warning("twilio stream %s (call %s): call refused: %s", start.stream_sid, start.call_sid, exc)
             await self._ws.close(message=str(exc).encode()[:120])
             return False
-        self.sender = TwilioSender(self._ws, start.stream_sid)
-        self._senders[self.call.id] = self.sender
+        self.media = media
         log.info("twilio stream %s: call %s from %r to %r, dialplan %s, tracks %s", start.stream_sid,
                  start.call_sid, from_, to, plan.name, ",".join(start.tracks))
         return True
@@ -204,12 +248,13 @@ class MediaSession:
             if audio:
                 call.push_agent(audio)
 
-    async def _finish(self, reason: str) -> None:
+    async def _finish(self, reason: EndReason) -> None:
         call = self.call
         if call is None:
             return
-        self._senders.pop(call.id, None)
-        if not call.ended:
+        if self.media is not None and self.media.hung_up is not None:
+            reason = self.media.hung_up
+        with contextlib.suppress(StreamClosedError):  # ended elsewhere (shutdown) meanwhile
             tail = self._inbound.flush()
             if tail:
                 call.push(tail)

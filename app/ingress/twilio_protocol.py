@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.delivery.events import DTMF_DIGITS
+
 MULAW_ENCODING = "audio/x-mulaw"
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -41,7 +43,6 @@ FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000  # 160 bytes of μ-law per 20 ms fr
 # Twilio sends 20 ms frames; anything beyond 200 ms in one message is not Twilio.
 MAX_MEDIA_PAYLOAD_BYTES = 10 * FRAME_BYTES
 TRACKS = ("inbound", "outbound")
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 class TwilioProtocolError(ValueError):
@@ -182,17 +183,30 @@ TwilioMessage = Connected | Start | Media | Dtmf | Mark | Stop
 
 def parse_message(text: str | bytes) -> TwilioMessage:
     """Validate one text frame from Twilio and return its typed message."""
+    data = _json_object(text)
+    event = data.get("event")
+    parser = _PARSERS.get(event) if isinstance(event, str) else None
+    if parser is None:
+        raise TwilioProtocolError(f"unknown event {event!r}")
+    return parser(data)
+
+
+def _json_object(text: str | bytes) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TwilioProtocolError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise TwilioProtocolError(f"expected a JSON object, got {type(data).__name__}")
-    event = data.get("event")
-    parser = _PARSERS.get(event) if isinstance(event, str) else None
-    if parser is None:
-        raise TwilioProtocolError(f"unknown event {event!r}")
-    return parser(data)
+    return data
+
+
+def _payload(media: dict[str, Any]) -> bytes:
+    encoded = _str(media, "payload", "media.media")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise TwilioProtocolError(f"media.payload: not base64: {exc}") from None
 
 
 def _parse_connected(data: dict[str, Any]) -> Connected:
@@ -232,11 +246,7 @@ def _parse_media(data: dict[str, Any]) -> Media:
     track = body.get("track", "inbound")
     if track not in TRACKS:
         raise TwilioProtocolError(f"media.track: expected {' or '.join(TRACKS)}, got {track!r}")
-    encoded = _str(body, "payload", "media.media")
-    try:
-        payload = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise TwilioProtocolError(f"media.payload: not base64: {exc}") from None
+    payload = _payload(body)
     if not 0 < len(payload) <= MAX_MEDIA_PAYLOAD_BYTES:
         raise TwilioProtocolError(
             f"media.payload: {len(payload)} bytes, expected 1 to {MAX_MEDIA_PAYLOAD_BYTES}"
@@ -362,21 +372,11 @@ def encode_message(message: TwilioMessage | OutboundMessage) -> str:
 
 def parse_outbound(text: str | bytes) -> OutboundMessage:
     """Validate one frame a server sent to Twilio (the simulator plays Twilio's part)."""
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TwilioProtocolError(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise TwilioProtocolError(f"expected a JSON object, got {type(data).__name__}")
+    data = _json_object(text)
     event = data.get("event")
     stream_sid = _str(data, "streamSid", str(event))
     if event == "media":
-        encoded = _str(_object(data, "media", "media"), "payload", "media.media")
-        try:
-            payload = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise TwilioProtocolError(f"media.payload: not base64: {exc}") from None
-        return OutboundMedia(stream_sid, payload)
+        return OutboundMedia(stream_sid, _payload(_object(data, "media", "media")))
     if event == "mark":
         return OutboundMark(stream_sid, _str(_object(data, "mark", "mark"), "name", "mark.mark"))
     if event == "clear":

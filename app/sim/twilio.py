@@ -11,7 +11,8 @@ It does what Twilio does when a number's voice webhook points at Hearsay:
    `--dtmf` digits, then `--hold` seconds of silence, then `stop`.
 
 Like Twilio, it plays what the server sends back: `mark`s are echoed once the `media` queued
-before them has "played" (in real time), and `clear` returns pending marks at once.
+before them has "played" (in real time), and `clear` returns pending marks at once. When the
+server closes the socket (a hang-up), the call is over: nothing more is sent.
 
 `SimCall.network` can damage the inbound media on its way (late, repeated and lost frames) to
 show that the server places audio by timestamp. The reusable core is
@@ -43,6 +44,7 @@ from app.ingress.twilio_protocol import (
     Clear,
     Connected,
     Dtmf,
+    Mark,
     Media,
     OutboundMark,
     OutboundMedia,
@@ -55,7 +57,7 @@ from app.ingress.twilio_protocol import (
     parse_outbound,
 )
 from app.ingress.twilio_twiml import VoiceAnswer, parse_answer
-from app.ingress.twilio_wav import read_wav_mulaw
+from app.sim.wav import read_wav_mulaw
 
 __all__ = ["NetworkFaults", "SimCall", "SimResult", "VoiceAnswer", "post_voice_webhook", "read_wav_mulaw",
            "stream_call"]
@@ -172,6 +174,7 @@ class SimResult:
     received: list[OutboundMessage] = field(default_factory=list)
     bad_replies: list[str] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
+    closed_by_server: bool = False  # the server hung up before the audio was all sent
 
 
 class _Playback:
@@ -197,7 +200,8 @@ class _Playback:
 
 
 async def stream_call(session: aiohttp.ClientSession, call: SimCall) -> SimResult:
-    """Run one call's Media Stream against `call.url`; returns when the socket is closed."""
+    """Run one call's Media Stream against `call.url`; returns when the socket is closed
+    (by us after `stop`, or by the server hanging up)."""
     result = SimResult(call_sid=call.call_sid, stream_sid=call.stream_sid)
     headers = {}
     if call.auth_token:
@@ -207,6 +211,8 @@ async def stream_call(session: aiohttp.ClientSession, call: SimCall) -> SimResul
         receiver = asyncio.create_task(_receive(ws, result, playback))
         try:
             await _send(ws, call, result, playback)
+        except ConnectionError:  # the server closed the socket between our check and the send
+            result.closed_by_server = True
         finally:
             await ws.close()
             receiver.cancel()
@@ -256,6 +262,9 @@ async def _send(
     result.started_at = time.monotonic()
     t0 = loop.time()
     for n in range(total):
+        if ws.closed:
+            result.closed_by_server = True
+            return
         if call.speed > 0:
             delay = t0 + n * FRAME_MS / 1000 / call.speed - loop.time()
             if delay > 0:
@@ -275,8 +284,7 @@ async def _send(
             other = outbound[n] if n < len(outbound) else SILENCE_FRAME
             await send(Media(next_seq(), call.stream_sid, "outbound", n + 1, n * FRAME_MS, other))
         for name in playback.take_due(time.monotonic()):
-            await ws.send_json({"event": "mark", "sequenceNumber": str(next_seq()),
-                                "streamSid": call.stream_sid, "mark": {"name": name}})
+            await send(Mark(next_seq(), call.stream_sid, name))
             result.marks_echoed.append(name)
         result.frames_sent = n + 1
     for text in network.rest():

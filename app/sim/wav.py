@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from app.pipeline.decode import decode, encode
-from app.pipeline.events import Encoding
 from app.pipeline.resample import resample_whole
+from app.pipeline.types import Encoding
 
 _PCM, _ALAW, _MULAW, _EXTENSIBLE = 1, 6, 7, 0xFFFE
 

@@ -1,0 +1,124 @@
+"""`CallHub`: the one way into a call for every ingress (SIP, Twilio, `/v1/stream`).
+
+    plan = hub.dialplans.match(CallSource.SIP, user)     # or .by_name(name) / .default
+    call = await hub.start(CallInfo(id, CallSource.SIP, from_, to, plan), AudioFormat(...),
+                           media=the_ingress_outbound_side)        # emits call.started
+    ...
+    await hub.close()                                      # shutdown: ends every live call
+
+`start` raises only `CallRejected` (its `reason` a `Rejection`), before anything is emitted,
+so each ingress maps one error family to its own answer (SIP 503/488, a WebSocket error code,
+a closed Twilio stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from app.calls.call import Call
+from app.calls.info import CallInfo, CallRejected, EndReason, Rejection, Track
+from app.calls.media import CallMedia
+from app.dialplans import Dialplans
+from app.logs import bind_call
+from app.metrics import Metrics
+from app.pipeline.errors import AudioFormatError, UnknownModelError
+from app.pipeline.types import AudioFormat
+
+if TYPE_CHECKING:
+    from app.delivery.outbox import Outbox
+    from app.pipeline.engine import SpeechEngine
+    from app.pipeline.engine_stream import EngineStream
+
+log = logging.getLogger("hearsay.calls")
+
+
+class CallHub:
+    """Starts calls on the shared engine and keeps the live ones (for health and shutdown).
+
+    `dialplans` may be replaced at any time (SIGHUP reload); calls keep the plan they started
+    with. `outbox=None` (tests of the engine alone) writes no events.
+    """
+
+    def __init__(self, engine: SpeechEngine | None, dialplans: Dialplans, outbox: Outbox | None,
+                 metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.dialplans = dialplans
+        self.outbox = outbox
+        self.metrics = metrics or Metrics()
+        self._calls: dict[str, Call] = {}
+        self._closing = False
+
+    @property
+    def active(self) -> int:
+        return len(self._calls)
+
+    def get(self, call_id: str) -> Call | None:
+        return self._calls.get(call_id)
+
+    def calls(self) -> list[Call]:
+        return list(self._calls.values())
+
+    async def start(self, info: CallInfo, audio: AudioFormat, *, language: str | None = None,
+                    model: str | None = None, interim_results: bool = False,
+                    word_timestamps: bool | None = None, agent_audio: AudioFormat | None = None,
+                    media: CallMedia | None = None) -> Call:
+        """Open the engine stream(s) and emit `call.started`.
+
+        `language`/`model` override the dialplan's; interim results are computed when the
+        caller asks (`interim_results`) or the dialplan wants `utterance.partial` events;
+        `word_timestamps` None follows `[asr] word_timestamps`. `agent_audio` opens a second
+        track; `media` is the call's outbound side (None: `NoMedia`).
+        Raises `CallRejected` before anything is emitted; a call id already live is rejected.
+        """
+        if self._closing:
+            raise CallRejected(Rejection.UNAVAILABLE, "the service is shutting down")
+        if self.engine is None:
+            raise CallRejected(Rejection.UNAVAILABLE, "the speech engine is not loaded")
+        if info.id in self._calls:
+            raise CallRejected(Rejection.DUPLICATE, f"call {info.id} is already in progress")
+        plan = info.dialplan
+        tracks = {Track.CALLER: audio}
+        if agent_audio is not None:
+            tracks[Track.AGENT] = agent_audio
+        streams: dict[Track, EngineStream] = {}
+        try:
+            for track, fmt in tracks.items():
+                streams[track] = self.engine.stream(
+                    fmt, language=language or (plan.language if plan else None),
+                    model=model or (plan.model if plan else None),
+                    interim_results=interim_results or (plan is not None and plan.interim_results),
+                    word_timestamps=word_timestamps)
+        except Exception as exc:
+            for stream in streams.values():
+                await stream.aclose()
+            raise _rejection(exc) from exc
+        call = Call(info, streams, self.outbox, self.metrics, self._closed, media)
+        self._calls[info.id] = call
+        self.metrics.calls.labels(info.source.value).inc()
+        self.metrics.active_sessions.labels(info.source.value).inc()
+        call.events.started(info.metadata)
+        with bind_call(info.id):
+            log.info("call started: %s from %r to %r, dialplan %s", info.source.value, info.from_,
+                     info.to, plan.name if plan else "-")
+        return call
+
+    async def close(self, reason: EndReason = EndReason.SHUTDOWN) -> None:
+        """Refuse new calls and end every live one (finals and call.ended reach the outbox)."""
+        self._closing = True
+        await asyncio.gather(*(call.end(reason) for call in self.calls()), return_exceptions=True)
+
+    def _closed(self, call: Call) -> None:
+        self._calls.pop(call.id, None)
+
+
+def _rejection(exc: Exception) -> CallRejected | Exception:
+    """The engine's refusal as a `CallRejected`; anything else is a bug and goes up as it is."""
+    if isinstance(exc, AudioFormatError):
+        return CallRejected(Rejection.UNSUPPORTED_AUDIO, str(exc))
+    if isinstance(exc, UnknownModelError):
+        return CallRejected(Rejection.UNKNOWN_MODEL, str(exc))
+    if isinstance(exc, ValueError):  # e.g. a language code the model does not know
+        return CallRejected(Rejection.INVALID_CONFIG, str(exc))
+    return exc
