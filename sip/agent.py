@@ -5,14 +5,17 @@
     agent.health()             # {"status": "ok", "active_calls": ..., "registrations": [...]}
     await agent.stop()         # hangs up, destroys pjsua2, waits for every call's end
 
-`hub` is anything with the `CallHub` surface used here: `dialplans.match_sip(user)` (read on
-the SIP thread, so it must be a pure lookup) and `await start(info, audio)` returning a call
-with `push(pcm)`, `dtmf(digit)` and `await end(reason)`.
+`hub` is anything with the `CallHub` surface used here (`Hub` below): `dialplans.match(source,
+user)` (read on the SIP thread, so it must be a pure lookup) and `await start(info, audio,
+media=...)` returning a call with `push(pcm)`, `dtmf(digit)`, `end_reason` and
+`await end(reason)`.
 
 A call's life: the SIP thread screens the INVITE (403/401/404/486) and admits it with a
-`_Bridge`; the bridge starts the hub call on the loop and then asks the SIP thread to answer
-200 (or 503 if the hub refuses). Frames, digits and the end cross threads only through
-`loop.call_soon_threadsafe`, in order, so every frame heard reaches the call before its end.
+`_Bridge`; the bridge starts the hub call on the loop, with a `SipMedia` as its outbound side,
+and then asks the SIP thread to answer 200, or refuses it when the hub does (`REFUSALS`).
+Frames, digits and the end cross threads only through `loop.call_soon_threadsafe`, in order,
+so every frame heard reaches the call before its end; frames played go the other way through
+the `SipMedia`'s lock-guarded queue (sip/media.py).
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.calls import CallInfo, CallSource
+from app.calls import CallInfo, CallMedia, CallRejected, CallSource, EndReason, Rejection
 from app.dialplans import Dialplan
-from app.pipeline.events import AudioFormat, Encoding
+from app.keys import CALL_HUB, HEALTH_CHECKS, SETTINGS
+from app.pipeline.errors import StreamClosedError
+from app.pipeline.types import AudioFormat, Encoding
 from app.settings import SipSettings
-from sip.call import SAMPLE_RATE
-from sip.endpoint import SipEndpoint, SipStartError
+from sip.endpoint import MAX_ADMITTED, SipEndpoint, SipStartError
+from sip.media import SAMPLE_RATE, SipMedia
 from sip.screen import DigestAuth, Offer, Screen
 
 if TYPE_CHECKING:
@@ -36,24 +41,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hearsay.sip")
 
-__all__ = ["SipAgent", "SipStartError", "sip_ctx"]
+__all__ = ["REFUSALS", "SipAgent", "SipStartError", "setup", "sip_ctx"]
 
 # Frames kept while the hub call is being started (20 ms each: 10 s).
 MAX_EARLY_FRAMES = 500
+
+# How a call the hub refuses is answered. 503 where another try (or another server) may work;
+# 488 when our engine cannot take the audio we would negotiate; 500 where the dialplan asks
+# for what this server cannot do (a model not loaded, a language the model lacks), which no
+# retry here fixes. Anything but CallRejected is a bug: logged with its traceback, 500.
+REFUSALS: Mapping[Rejection, tuple[int, str]] = {
+    Rejection.UNAVAILABLE: (503, "Service Unavailable"),
+    Rejection.DUPLICATE: (503, "Service Unavailable"),
+    Rejection.UNSUPPORTED_AUDIO: (488, "Not Acceptable Here"),
+    Rejection.UNKNOWN_MODEL: (500, "Server Internal Error"),
+    Rejection.INVALID_CONFIG: (500, "Server Internal Error"),
+}
+INTERNAL_ERROR = (500, "Server Internal Error")
+
+Post = Callable[..., object]  # post(fn, *args): run fn(*args) on the loop; callable from any thread
 
 
 class LiveCall(Protocol):
     """What the agent needs from a started call (app.calls.Call)."""
 
+    @property
+    def end_reason(self) -> EndReason | None: ...
+
     def push(self, payload: bytes) -> bool: ...
 
     def dtmf(self, digit: str) -> None: ...
 
-    async def end(self, reason: str = ...) -> None: ...
+    async def end(self, reason: EndReason = ...) -> None: ...
 
 
 class DialplanLookup(Protocol):
-    def match_sip(self, user: str) -> Dialplan | None: ...
+    def match(self, source: str, key: str) -> Dialplan | None: ...
 
 
 class Hub(Protocol):
@@ -62,7 +85,8 @@ class Hub(Protocol):
     @property
     def dialplans(self) -> DialplanLookup: ...
 
-    async def start(self, info: CallInfo, audio: AudioFormat) -> LiveCall: ...
+    async def start(self, info: CallInfo, audio: AudioFormat, *,
+                    media: CallMedia | None = ...) -> LiveCall: ...
 
 
 class SipAgent:
@@ -74,7 +98,12 @@ class SipAgent:
         self._loop = loop
         auth = (DigestAuth(settings.auth_username, settings.auth_password)
                 if settings.auth_username else None)
-        screen = Screen(settings.allow_from, auth, self._route, settings.max_calls)
+        max_calls = settings.max_calls
+        if max_calls > MAX_ADMITTED:
+            log.warning("sip.max_calls = %d: this pjsua2 build carries at most %d calls at once; using %d",
+                        max_calls, MAX_ADMITTED, MAX_ADMITTED)
+            max_calls = MAX_ADMITTED
+        screen = Screen(settings.allow_from, auth, self._route, max_calls)
         self._endpoint = SipEndpoint(settings, screen, self._admit)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -108,59 +137,78 @@ class SipAgent:
     # -- SIP thread -------------------------------------------------------------------------
 
     def _route(self, user: str) -> Dialplan | None:
-        return self._hub.dialplans.match_sip(user)
+        return self._hub.dialplans.match(CallSource.SIP, user)
 
     def _admit(self, offer: Offer, plan: Dialplan, serial: int) -> _Bridge:
-        bridge = _Bridge(self, offer, plan, serial)
+        bridge = _Bridge(offer, plan, serial, hub=self._hub, endpoint=self._endpoint,
+                         post=self._post, run=self._run)
         self._post(bridge.begin)
         return bridge
 
-    def _post(self, fn: Any, *args: Any) -> None:
+    def _post(self, fn: Callable[..., object], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the service is gone
             self._loop.call_soon_threadsafe(fn, *args)
 
     # -- loop -------------------------------------------------------------------------------
 
-    def _own(self, task: asyncio.Task[None]) -> None:
+    def _run(self, work: Awaitable[None]) -> None:
+        """Run `work` as a task that `stop` waits for."""
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
 class _Bridge:
-    """One admitted SIP call as the loop sees it; its hand-over methods are thread-safe."""
+    """One admitted SIP call as the loop sees it. `audio`, `dtmf`, `ended` (SIP and media
+    threads) only hand over; `next_frame` (media thread) only takes from the `SipMedia`'s
+    thread-safe queue; everything else runs on the loop."""
 
-    def __init__(self, agent: SipAgent, offer: Offer, plan: Dialplan, serial: int) -> None:
-        self._agent = agent
+    def __init__(self, offer: Offer, plan: Dialplan, serial: int, *, hub: Hub, endpoint: SipEndpoint,
+                 post: Post, run: Callable[[Awaitable[None]], None]) -> None:
         self._offer = offer
         self._plan = plan
         self._serial = serial
+        self._hub = hub
+        self._endpoint = endpoint
+        self._post = post
+        self._run = run
         self._call: LiveCall | None = None
         self._early: list[bytes] = []
-        self._end_reason: str | None = None
+        self._end_reason: EndReason | None = None
+        self.media = SipMedia(post, self._hang_up, self._media_closed)
 
     # Called on pjsua2's threads: hand over only.
     def audio(self, pcm: bytes) -> None:
-        self._agent._post(self._on_audio, pcm)
+        self._post(self._on_audio, pcm)
 
     def dtmf(self, digit: str) -> None:
-        self._agent._post(self._on_dtmf, digit)
+        self._post(self._on_dtmf, digit)
 
-    def ended(self, reason: str) -> None:
-        self._agent._post(self._on_ended, reason)
+    def ended(self, reason: EndReason) -> None:
+        self._post(self._on_ended, reason)
+
+    def next_frame(self) -> bytes | None:
+        return self.media.frames.take()
 
     # On the loop.
     def begin(self) -> None:
-        self._agent._own(asyncio.ensure_future(self._start()))
+        self._run(self._start())
 
     async def _start(self) -> None:
         offer = self._offer
         info = CallInfo(id=offer.call_id, source=CallSource.SIP, from_=offer.from_, to=offer.to,
                         dialplan=self._plan, metadata=_metadata(offer))
         try:
-            call = await self._agent._hub.start(info, AudioFormat(Encoding.LINEAR16, SAMPLE_RATE))
-        except Exception as exc:
-            log.warning("SIP call %s refused by the hub: %s", offer.call_id, exc)
-            self._agent._endpoint.answer(self._serial, 503, "Service Unavailable")
+            call = await self._hub.start(info, AudioFormat(Encoding.LINEAR16, SAMPLE_RATE), media=self.media)
+        except CallRejected as exc:
+            code, phrase = REFUSALS.get(exc.reason, INTERNAL_ERROR)
+            log.warning("SIP call %s refused by the hub (%s: %s): %d %s", offer.call_id,
+                        exc.reason.value, exc.message, code, phrase)
+            self._endpoint.answer(self._serial, code, phrase)
+            return
+        except Exception:
+            log.exception("SIP call %s: starting the call failed", offer.call_id)
+            self._endpoint.answer(self._serial, *INTERNAL_ERROR)
             return
         self._call = call
         for pcm in self._early:
@@ -169,16 +217,14 @@ class _Bridge:
         if self._end_reason is not None:
             await call.end(self._end_reason)
             return
-        self._agent._endpoint.answer(self._serial, 200)
+        self._endpoint.answer(self._serial, 200)
 
     def _on_audio(self, pcm: bytes) -> None:
         if self._call is not None and self._end_reason is None:
-            try:
+            # StreamClosedError: the call is ending on the loop's side; its media's aclose
+            # hangs the SIP leg up.
+            with contextlib.suppress(StreamClosedError):
                 self._call.push(pcm)
-            except Exception as exc:  # the hub ended the call first (e.g. shutting down)
-                log.info("SIP call %s: the hub call is over (%s), hanging up", self._offer.call_id, exc)
-                self._end_reason = "ended"
-                self._agent._endpoint.hang_up(self._serial, "ended")
         elif self._call is None and len(self._early) < MAX_EARLY_FRAMES:
             self._early.append(pcm)
 
@@ -190,31 +236,44 @@ class _Bridge:
         except ValueError:
             log.warning("SIP call %s: ignoring DTMF %r", self._offer.call_id, digit)
 
-    def _on_ended(self, reason: str) -> None:
+    def _on_ended(self, reason: EndReason) -> None:
         if self._end_reason is not None:
             return
         self._end_reason = reason
         if self._call is not None:
-            self._agent._own(asyncio.ensure_future(self._call.end(reason)))
+            self._run(self._call.end(reason))
         # else: _start() ends the call as soon as the hub has it
+
+    def _hang_up(self, reason: EndReason) -> None:
+        # media.hangup(): BYE now; the call ends with `reason` when pjsua2 reports it gone.
+        if self._end_reason is None:
+            self._endpoint.hang_up(self._serial, reason)
+
+    def _media_closed(self) -> None:
+        # The call ended on the loop's side (hub shutdown, or ended by its owner) while the SIP
+        # leg is still up: hang that up too.
+        if self._end_reason is None:
+            self._end_reason = (self._call.end_reason if self._call is not None else None) or EndReason.HANGUP
+            self._endpoint.hang_up(self._serial, self._end_reason)
 
 
 def _metadata(offer: Offer) -> Mapping[str, Any]:
     return {"sip_user": offer.user, "source_ip": offer.source_ip}
 
 
+def setup(app: web.Application) -> None:
+    """Run the SIP user agent with the app when `[sip] enabled` (adds `sip_ctx`)."""
+    if app[SETTINGS].sip.enabled:
+        app.cleanup_ctx.append(sip_ctx)
+
+
 async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp `cleanup_ctx`: run the SIP user agent for the app's `CallHub` (if enabled).
+    """aiohttp `cleanup_ctx`: run the SIP user agent for the app's `CallHub`.
 
     Appended after the hub's own context, so on shutdown the agent hangs up its calls and
     stops before the hub ends what remains.
     """
-    from app.server import CALL_HUB, HEALTH_CHECKS, SETTINGS
-
     settings = app[SETTINGS].sip
-    if not settings.enabled:
-        yield
-        return
     agent = SipAgent(settings, app[CALL_HUB], asyncio.get_running_loop())
     await agent.start()
     app[HEALTH_CHECKS]["sip"] = agent.health

@@ -1,9 +1,11 @@
-"""One SIP call on the pjsua2 side: answering, media tap, DTMF, and how it ended.
+"""One SIP call on the pjsua2 side: answering, media in and out, DTMF, and how it ended.
 
 Everything here runs on the SIP thread (pjsua2 callbacks and the endpoint's jobs), except
-`FrameTap.onFrameReceived`, which runs on pjsua2's media clock thread. Neither touches asyncio:
-what a call hears and does goes to its `CallEvents`, whose methods are thread-safe hand-overs
-(the agent implements them with `loop.call_soon_threadsafe`).
+`FrameTap.onFrameReceived` and `FramePlayer.onFrameRequested`, which run on pjsua2's media
+clock thread. Nothing here touches asyncio: what a call hears and does goes to its
+`CallEvents`, whose methods are thread-safe hand-overs (the agent implements them with
+`loop.call_soon_threadsafe`), and what it says comes from `CallEvents.next_frame`, a
+thread-safe queue (sip/media.py).
 
 A callback that raises would unwind through pjsua2's C++ and abort the process, so every
 callback body catches and logs.
@@ -18,22 +20,31 @@ from typing import Protocol
 
 import pjsua2 as pj
 
+from app.calls.info import EndReason
+from sip.media import SAMPLE_RATE
 from sip.screen import Offer
 
 log = logging.getLogger("hearsay.sip")
 
-SAMPLE_RATE = 8000  # what the tap hands over: 16-bit mono PCM at this rate ...
-FRAME_MS = 20  # ... in frames of this length (320 bytes)
+# The tap and the player carry 16-bit mono PCM at SAMPLE_RATE in frames of this length
+# (320 bytes), the conference bridge's clock.
+FRAME_MS = 20
+FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000 * 2
 
 
 class CallEvents(Protocol):
-    """Where a call's audio, digits and end go. Called from pjsua2's threads: must not block."""
+    """Where a call's audio, digits and end go, and where what it plays comes from. Called
+    from pjsua2's threads: must not block."""
 
     def audio(self, pcm: bytes) -> None: ...
 
     def dtmf(self, digit: str) -> None: ...
 
-    def ended(self, reason: str) -> None: ...
+    def ended(self, reason: EndReason) -> None: ...
+
+    def next_frame(self) -> bytes | None:
+        """The next 20 ms frame to play into the call (FRAME_BYTES of s16le), or None."""
+        ...
 
 
 class FrameTap(pj.AudioMediaPort):
@@ -58,8 +69,40 @@ class FrameTap(pj.AudioMediaPort):
             log.exception("the media tap failed to hand over a frame")
 
 
+class FramePlayer(pj.AudioMediaPort):
+    """A conference-bridge source that plays a call's outbound audio: every 20 ms the bridge
+    asks for a frame and gets `next_frame()` (8 kHz s16le, FRAME_BYTES), or no frame when
+    there is nothing to say (the caller then hears silence)."""
+
+    def __init__(self, next_frame: Callable[[], bytes | None]) -> None:
+        super().__init__()
+        self._next_frame = next_frame
+        self.frames = 0
+
+    def open(self, name: str) -> None:
+        fmt = pj.MediaFormatAudio()
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, FRAME_MS * 1000, 16)
+        self.createPort(name, fmt)
+
+    def onFrameRequested(self, frame: pj.MediaFrame) -> None:
+        try:
+            pcm = self._next_frame()
+            if pcm is None:
+                frame.type = pj.PJMEDIA_FRAME_TYPE_NONE
+                return
+            if len(pcm) != FRAME_BYTES:  # pjsua2 copies at most the size it asked for
+                pcm = pcm[:FRAME_BYTES].ljust(FRAME_BYTES, b"\0")
+            frame.buf = pj.ByteVector(pcm)
+            frame.size = FRAME_BYTES
+            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+            self.frames += 1
+        except Exception:
+            log.exception("the media player failed to take a frame")
+
+
 class SipCall(pj.Call):
-    """An incoming call: answered or refused by the agent, its audio forked to a `FrameTap`.
+    """An incoming call: answered or refused by the agent, its audio forked to a `FrameTap`
+    and a `FramePlayer` transmitting into it.
 
     `on_gone(self)` runs (on the SIP thread) once the call is disconnected; the endpoint then
     drops its references, so the pjsua2 objects are destroyed on the SIP thread.
@@ -72,10 +115,11 @@ class SipCall(pj.Call):
         self.offer = offer
         self.events: CallEvents | None = None
         self.tap: FrameTap | None = None
+        self.player: FramePlayer | None = None
         self.confirmed = False
         self.gone = False
         self._on_gone = on_gone
-        self._end_reason: str | None = None
+        self._end_reason: EndReason | None = None
         self._slot = -1
         self._audio_index = -1
         self._held = False
@@ -96,10 +140,10 @@ class SipCall(pj.Call):
             hdr.hValue = value
             prm.txOption.headers.append(hdr)
         if code >= 300 and self._end_reason is None:
-            self._end_reason = "rejected"
+            self._end_reason = EndReason.REJECTED
         self.answer(prm)
 
-    def hang_up(self, reason: str, code: int = 0) -> None:
+    def hang_up(self, reason: EndReason, code: int = 0) -> None:
         """End the call from our side (BYE, or `code` for one not yet answered)."""
         if self.gone:
             return
@@ -137,8 +181,8 @@ class SipCall(pj.Call):
                 self._rx_changed_at = time.monotonic()
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.gone:
                 self.gone = True
-                reason = self._end_reason or ("hangup" if self.confirmed else "cancel")
-                log.info("SIP call %s ended: %s (%s %s)", self.offer.call_id, reason,
+                reason = self._end_reason or (EndReason.HANGUP if self.confirmed else EndReason.CANCEL)
+                log.info("SIP call %s ended: %s (%s %s)", self.offer.call_id, reason.value,
                          info.lastStatusCode, info.lastReason)
                 if self.events is not None:
                     self.events.ended(reason)
@@ -155,7 +199,7 @@ class SipCall(pj.Call):
                 self._audio_index = media.index
                 self._held = media.status in (pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_NONE)
                 if media.status == pj.PJSUA_CALL_MEDIA_ACTIVE and media.audioConfSlot != self._slot:
-                    self._connect_tap(media.index, media.audioConfSlot)
+                    self._connect_media(media.index, media.audioConfSlot)
                 break
         except Exception:
             log.exception("onCallMediaState failed")
@@ -169,12 +213,18 @@ class SipCall(pj.Call):
 
     # -- internals --------------------------------------------------------------------------
 
-    def _connect_tap(self, index: int, slot: int) -> None:
+    def _connect_media(self, index: int, slot: int) -> None:
+        # Called again with the new slot when a re-INVITE recreates the stream (hold/resume).
         if self.events is None:
             return
         if self.tap is None:
             self.tap = FrameTap(self.events)
             self.tap.open(f"tap-{self.serial}")
-        self.getAudioMedia(index).startTransmit(self.tap)
+        if self.player is None:
+            self.player = FramePlayer(self.events.next_frame)
+            self.player.open(f"player-{self.serial}")
+        audio = self.getAudioMedia(index)
+        audio.startTransmit(self.tap)
+        self.player.startTransmit(audio)
         self._slot = slot
         self._rx_changed_at = time.monotonic()

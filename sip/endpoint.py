@@ -4,7 +4,8 @@ Every pjsua2 object is created, used and destroyed on the one thread `SipEndpoin
 (the "SIP thread"), which polls the library with `libHandleEvents` (`threadCnt=0`,
 `mainThreadOnly`), runs jobs posted from other threads with `call_soon`, checks RTP timeouts,
 and drops the references of finished calls so Python frees them there too. Only the media
-clock thread calls in on its own (`FrameTap.onFrameReceived`), and it only hands frames over.
+clock thread calls in on its own (`FrameTap.onFrameReceived`, `FramePlayer.onFrameRequested`),
+and it only hands frames over or takes them from a thread-safe queue.
 
     SipEndpoint(settings, screen, admit).start()   # blocking: raises SipStartError
     endpoint.call_soon(fn)                          # any thread: run fn on the SIP thread
@@ -12,7 +13,7 @@ clock thread calls in on its own (`FrameTap.onFrameReceived`), and it only hands
     endpoint.stop()                                 # blocking: hangs up, destroys the library
 
 Shutdown hangs up every call and waits (briefly) for each to disconnect, unregisters the
-trunks, frees calls, taps and accounts, and only then calls `libDestroy`: a `pj.Call` that
+trunks, frees calls, taps, players and accounts, and only then calls `libDestroy`: a `pj.Call` that
 outlived the library would abort the process. pjsua2 allows one `Endpoint` per process, so
 one `SipEndpoint` may run at a time (start another after the first has stopped).
 """
@@ -29,6 +30,7 @@ from collections.abc import Callable
 
 import pjsua2 as pj
 
+from app.calls.info import EndReason
 from app.dialplans import Dialplan
 from app.settings import SipSettings
 from sip.account import (
@@ -85,9 +87,8 @@ class SipEndpoint:
     def __init__(self, settings: SipSettings, screen: Screen, admit: AdmitHandler) -> None:
         self.settings = settings
         if screen.max_calls > MAX_ADMITTED:
-            log.warning("sip.max_calls = %d: this pjsua2 build carries at most %d calls at once; using %d",
-                        screen.max_calls, MAX_ADMITTED, MAX_ADMITTED)
-            screen.max_calls = MAX_ADMITTED
+            raise ValueError(f"screen.max_calls = {screen.max_calls}: this pjsua2 build carries at most "
+                             f"{MAX_ADMITTED} calls at once")
         self._screen = screen
         self._admit = admit
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -147,7 +148,7 @@ class SipEndpoint:
         """Answer an admitted call's INVITE (200 takes it; >= 300 refuses it)."""
         self.call_soon(lambda: self._answer(serial, code, reason))
 
-    def hang_up(self, serial: int, reason: str) -> None:
+    def hang_up(self, serial: int, reason: EndReason) -> None:
         """End a call from our side; its `CallEvents.ended` reports `reason`."""
         self.call_soon(lambda: self._hang_up(serial, reason))
 
@@ -278,7 +279,7 @@ class SipEndpoint:
             except pj.Error as exc:
                 log.warning("answering %s failed: %s", call.offer.call_id, exc.info())
 
-    def _hang_up(self, serial: int, reason: str) -> None:
+    def _hang_up(self, serial: int, reason: EndReason) -> None:
         call = self._calls.get(serial)
         if call is not None:
             call.hang_up(reason, code=0 if call.confirmed else 480)
@@ -296,7 +297,7 @@ class SipEndpoint:
         for call in list(self._calls.values()):
             if call.media_silence_s(now) >= limit:
                 log.info("SIP call %s: no RTP for %d s, hanging up", call.offer.call_id, limit)
-                call.hang_up("rtp_timeout")
+                call.hang_up(EndReason.RTP_TIMEOUT)
 
     def _shutdown(self) -> None:
         # Each step is its own method so that no local variable here keeps a pjsua2 object
@@ -315,7 +316,7 @@ class SipEndpoint:
 
     def _hang_up_all(self) -> None:
         for call in list(self._calls.values()):
-            call.hang_up("shutdown", code=0 if call.confirmed else 503)
+            call.hang_up(EndReason.SHUTDOWN, code=0 if call.confirmed else 503)
 
     def _unregister_all(self) -> bool:
         registered = [a for a in self._accounts if isinstance(a, RegisteredAccount)]
@@ -338,10 +339,10 @@ class SipEndpoint:
         gc.collect()
         log.info("SIP user agent stopped")
 
-
     def _forget_objects(self) -> None:
         for call in self._calls.values():
             call.tap = None
+            call.player = None
         self._calls.clear()
         self._graveyard.clear()
         self._accounts.clear()

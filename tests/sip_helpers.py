@@ -1,4 +1,5 @@
-"""Shared pieces for the SIP tests: free ports, clips as sipp streams them, running sipp.
+"""Shared pieces for the SIP tests: free ports, clips as sipp streams them, running sipp, and
+an RTP listener that hears what Hearsay plays into a call.
 
 Not a test module itself; used by test_sip_endpoint, test_sip_agent and the SIP benchmark.
 """
@@ -7,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import soundfile
 
+from app.bench.common import SPEECH_DIR as SPEECH
 from app.pipeline.decode import decode_pcm16, encode
-from app.pipeline.events import Encoding
 from app.pipeline.resample import resample_whole
+from app.pipeline.types import Encoding
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -140,3 +145,84 @@ async def run_sipp_async(scenario: str, port: int, user: str, cwd: Path, **kwarg
     out, _ = await asyncio.wait_for(proc.communicate(), 150)
     log = log_file.read_text() if log_file.exists() else ""
     return SippResult(proc.returncode or 0, out.decode(errors="replace")[-6000:], log)
+
+
+@dataclass(frozen=True, slots=True)
+class RtpPacket:
+    at: float  # time.monotonic() when it arrived
+    seq: int
+    timestamp: int
+    payload_type: int
+    payload: bytes
+
+
+class RtpListener:
+    """A UDP socket on 127.0.0.1 keeping every RTP packet sent to it, read on its own thread
+    so arrival times do not depend on the event loop: the ear of a sipp caller whose SDP
+    points here (`uac_listen.xml`, `-key rtp_port <port>`). The port above it swallows RTCP.
+
+        with RtpListener() as ear:
+            ...
+        ear.pcm()     # the PCMU packets, decoded, in sequence order
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port_range(2)
+        self.packets: list[RtpPacket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._rtp.bind(("127.0.0.1", self.port))
+        self._rtcp.bind(("127.0.0.1", self.port + 1))
+        self._rtp.settimeout(0.1)
+        self._thread = threading.Thread(target=self._read, name="rtp-listener", daemon=True)
+
+    def __enter__(self) -> RtpListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._rtp.close()
+        self._rtcp.close()
+
+    def audio_packets(self) -> list[RtpPacket]:
+        """The PCMU packets so far (payload type 0), in sequence order."""
+        with self._lock:
+            packets = [p for p in self.packets if p.payload_type == 0]
+        return sorted(packets, key=lambda p: p.seq)  # one call's worth: no 16-bit wrap to fear
+
+    def pcm(self, packets: list[RtpPacket] | None = None) -> bytes:
+        """`packets` (default: every PCMU packet so far) decoded to 8 kHz s16le."""
+        payload = b"".join(p.payload for p in (self.audio_packets() if packets is None else packets))
+        return decode_pcm16(payload, Encoding.MULAW).astype("<i2").tobytes()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._rtp.recv(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            packet = _parse_rtp(data, time.monotonic())
+            if packet is not None:
+                with self._lock:
+                    self.packets.append(packet)
+
+
+def _parse_rtp(data: bytes, at: float) -> RtpPacket | None:
+    if len(data) < 12 or data[0] >> 6 != 2:
+        return None
+    csrcs, extension = data[0] & 0x0F, data[0] & 0x10
+    payload_type = data[1] & 0x7F
+    seq, timestamp = struct.unpack_from("!HI", data, 2)
+    start = 12 + 4 * csrcs
+    if extension:
+        (words,) = struct.unpack_from("!H", data, start + 2)
+        start += 4 + 4 * words
+    end = len(data) - (data[-1] if data[0] & 0x20 else 0)  # padding
+    return RtpPacket(at, seq, timestamp, payload_type, data[start:end])

@@ -2,8 +2,8 @@
 
 Each test starts a real `SipEndpoint` on high random ports and a `Recorder` as the call's
 event sink (the interface the agent implements), then checks what a caller would notice: the
-audio heard is the audio sent, the digits pressed arrive, refusals carry the right code, and
-hostile traffic leaves the next call untouched.
+audio heard is the audio sent, the audio played reaches the caller, the digits pressed
+arrive, refusals carry the right code, and hostile traffic leaves the next call untouched.
 """
 
 from __future__ import annotations
@@ -13,26 +13,39 @@ import random
 import socket
 import subprocess
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from app.calls.info import EndReason
 from app.dialplans import Dialplan
 from app.settings import SipSettings
 from sip.endpoint import SipEndpoint
 from sip.screen import DigestAuth, Offer, Screen
-from tests.sip_helpers import clip_ulaw, free_port, free_port_range, run_sipp, similarity, tone_ulaw
+from tests.sip_helpers import (
+    RtpListener,
+    clip_ulaw,
+    free_port,
+    free_port_range,
+    run_sipp,
+    similarity,
+    tone_ulaw,
+)
 
-PLAN = Dialplan(name="test", sip_user=("100", "support*"))
+PLAN = Dialplan(name="test", match={"sip": ("100", "support*")})
 
 
 class Recorder:
     """A call's event sink that keeps everything (called from pjsua2's threads)."""
 
-    def __init__(self, offer: Offer) -> None:
+    def __init__(self, offer: Offer, serial: int) -> None:
         self.offer = offer
+        self.serial = serial
         self.pcm = bytearray()
+        self.outbound: deque[bytes] = deque()  # frames to play into the call
         self.digits: list[str] = []
         self.reason: str | None = None
         self.done = threading.Event()
@@ -43,9 +56,15 @@ class Recorder:
     def dtmf(self, digit: str) -> None:
         self.digits.append(digit)
 
-    def ended(self, reason: str) -> None:
+    def ended(self, reason: EndReason) -> None:
         self.reason = reason
         self.done.set()
+
+    def next_frame(self) -> bytes | None:
+        try:
+            return self.outbound.popleft()
+        except IndexError:
+            return None
 
 
 class UserAgent:
@@ -60,10 +79,10 @@ class UserAgent:
 
     @staticmethod
     def _route(user: str) -> Dialplan | None:
-        return PLAN if PLAN.matches_sip(user) else None
+        return PLAN if PLAN.matches("sip", user) else None
 
     def _admit(self, offer: Offer, plan: Dialplan, serial: int) -> Recorder:
-        rec = Recorder(offer)
+        rec = Recorder(offer, serial)
         self.calls.append(rec)
         if self._answer:
             self.endpoint.answer(serial, 200)
@@ -106,6 +125,39 @@ def test_answers_and_hears_the_audio_sipp_streams(start_ua, tmp_path: Path) -> N
     assert call.offer.user == "100"
     assert call.offer.from_.startswith("sip:sipp@127.0.0.1")
     assert similarity(bytes(call.pcm), sent) > 0.99
+
+
+def test_plays_frames_into_the_call(start_ua, tmp_path: Path) -> None:
+    ua = start_ua()
+    t = np.arange(8000) / 8000  # one second of a 440 Hz tone at 8 kHz, 50 frames of 20 ms
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+    frames = [tone[i:i + 320] for i in range(0, len(tone), 320)]
+    outcome: list[int] = []
+    with RtpListener() as ear:
+        caller = threading.Thread(target=lambda: outcome.append(run_sipp(
+            "uac_listen.xml", ua.port, "100", tmp_path, extra=("-key", "rtp_port", str(ear.port))).returncode))
+        caller.start()
+        for _ in range(200):
+            if ua.calls:
+                break
+            threading.Event().wait(0.05)
+        (call,) = ua.calls
+        call.outbound.extend(frames)
+        for _ in range(200):
+            if not call.outbound:
+                break
+            threading.Event().wait(0.05)
+        threading.Event().wait(0.2)
+        ua.endpoint.hang_up(call.serial, EndReason.AGENT_HANGUP)
+        caller.join(30)
+    assert outcome == [0]  # sipp got our BYE
+    assert call.done.wait(5)
+    assert call.reason == "agent_hangup"
+    # Each frame went out once, as one 20 ms PCMU packet; between them the bridge sends silence.
+    loud = [p for p in ear.audio_packets() if np.frombuffer(ear.pcm([p]), "<i2").any()]
+    assert len(loud) == len(frames)
+    assert all(len(p.payload) == 160 for p in loud)
+    assert similarity(ear.pcm(loud), tone) > 0.99
 
 
 def test_dtmf_rfc2833_events_and_sip_info(start_ua, tmp_path: Path) -> None:
@@ -200,7 +252,10 @@ def test_digest_auth_challenges_then_admits(start_ua, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "clip.ulaw").write_bytes((tmp_path / "clip.ulaw").read_bytes())
-    result = run_sipp("uac_auth.xml", ua.port, "100", wrong, extra=("-au", "pbx", "-ap", "guess"))
+    # Refused again, sipp would wait out its 90 s call timeout: 6 s is plenty (the 401 comes
+    # after REFUSE_DELAY_S).
+    result = run_sipp("uac_auth.xml", ua.port, "100", wrong,
+                      extra=("-au", "pbx", "-ap", "guess", "-timeout", "6s"))
     assert result.returncode != 0
     assert len(ua.calls) == 1
 

@@ -7,7 +7,7 @@ import hashlib
 from app.dialplans import Dialplan
 from sip.screen import DigestAuth, Offer, Screen, address_uri, header, request_user, source_ip
 
-PLAN = Dialplan(name="support", sip_user=("100",))
+PLAN = Dialplan(name="support", match={"sip": ("100",)})
 INVITE = ("INVITE sip:100@10.0.0.5:5060;transport=udp SIP/2.0\r\n"
           "Call-ID: abc@host\r\nFrom: \"Al\" <sip:al@pbx>;tag=1\r\nTo: <sip:100@10.0.0.5>\r\n\r\nv=0\r\n")
 
@@ -17,7 +17,7 @@ def offer(message: str = INVITE, ip: str = "10.0.0.9") -> Offer:
 
 
 def route(user: str) -> Dialplan | None:
-    return PLAN if PLAN.matches_sip(user) else None
+    return PLAN if PLAN.matches("sip", user) else None
 
 
 def test_request_uri_user_and_headers() -> None:

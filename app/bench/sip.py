@@ -27,16 +27,15 @@ from typing import Any
 import numpy as np
 
 from app.audiofile import iter_pcm16
-from app.bench.common import bench_service, speech_end_s, wer
+from app.bench.common import SPEECH_DIR, bench_service, speech_end_s, wer
 from app.bench.consumer import WebhookConsumer
+from app.keys import CALL_HUB
 from app.pipeline.decode import encode
-from app.pipeline.events import Encoding
-from app.server import CALL_HUB
+from app.pipeline.types import Encoding
 from app.settings import Settings, load_settings
 
 DEFAULT_CLIPS = ("arctic-aew-a0001", "timit-LDC93S1", "cards-005")
 REPO = Path(__file__).resolve().parents[2]
-SPEECH_DIR = REPO.parent / "shared" / "speech"
 SCENARIO = REPO / "tests" / "sipp" / "uac_stream.xml"
 LEAD_S, GAP_S = 1.0, 2.0
 TARGET_P95_S = 1.5
