@@ -40,7 +40,7 @@ lint: install-test
 	$(VENV)/bin/mypy
 
 test: debs install-test lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,9 @@ This is the only module that reads `os.environ`. Every section is a frozen datac
 field defaults are the documented defaults (`settings.toml` mirrors them, and a test keeps
 the two in step). An unknown key or a value of the wrong type raises `SettingsError` naming
 the key, which stops start-up.
+
+`speech_dir()` is not a setting: it tells the tests and benchmarks where the speech clips are
+(`HEARSAY_SPEECH_DIR`), and the service never reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,20 @@ from typing import Any
 
 class SettingsError(ValueError):
     """A setting is unknown or has a bad value; the message names the key."""
+
+
+SPEECH_DIR_VARIABLE = "HEARSAY_SPEECH_DIR"
+# HEARSAY_* variables that are not `HEARSAY_<SECTION>_<KEY>` settings.
+_NOT_SETTINGS = frozenset({SPEECH_DIR_VARIABLE})
+
+
+def speech_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The directory of speech clips (`manifest.tsv` and the WAVs) that the tests and the
+    benchmarks play: `$HEARSAY_SPEECH_DIR` when set, else `shared/speech` beside the repository."""
+    env = os.environ if environ is None else environ
+    if env.get(SPEECH_DIR_VARIABLE):
+        return Path(env[SPEECH_DIR_VARIABLE]).expanduser()
+    return Path(__file__).resolve().parents[2] / "shared" / "speech"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +185,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     sections = {f.name: f for f in dataclasses.fields(Settings)}
     for name, value in env.items():
-        if not name.startswith("HEARSAY_"):
+        if not name.startswith("HEARSAY_") or name in _NOT_SETTINGS:
             continue
         rest = name[len("HEARSAY_"):].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)

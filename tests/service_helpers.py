@@ -1,6 +1,8 @@
-"""Shared pieces for the service tests: real clips, WER, settings in tmp_path, a running app.
+"""Plain helpers for the service tests: clips as PCM bytes, WER, settings and dialplans in
+tmp_path, and a WebSocket client's sending and reading.
 
-Used by test_server, test_calls, test_stream and test_stream_fuzz (not a test module itself).
+Not a test module itself. The running app and the webhook consumer are fixtures
+(`running_app`, `consumer` in conftest.py); everything here is a plain function.
 """
 
 from __future__ import annotations
@@ -9,26 +11,26 @@ import asyncio
 import dataclasses
 import json
 import wave
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import speech
-from aiohttp.test_utils import TestServer
 
-from app.server import create_app
+from app.bench.common import RunningApp
 from app.settings import Settings, load_settings
 
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"
-SECRET = "whsec_test_secret"
+SECRET = "whsec_test"  # the webhook secret of the test dialplans and of the `consumer` fixture
+
+# The type of the `running_app` fixture: `await running_app(settings, own_engine=False)`.
+StartApp = Callable[..., Awaitable[RunningApp]]
 
 
 def clip(name: str) -> bytes:
-    """The PCM s16le samples of `SPEECH/<name>.wav` (16 kHz mono)."""
-    with wave.open(str(SPEECH / f"{name}.wav"), "rb") as wav:
+    """The clip's PCM s16le samples (16 kHz mono)."""
+    with wave.open(str(speech.clip_path(name)), "rb") as wav:
         assert wav.getsampwidth() == 2 and wav.getnchannels() == 1
         return wav.readframes(wav.getnframes())
 
@@ -75,15 +77,11 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     return dataclasses.replace(base, **changes)
 
 
-@asynccontextmanager
-async def running(settings: Settings, engine: Any) -> AsyncIterator[TestServer]:
-    """The real app on 127.0.0.1 (ephemeral port) sharing the test session's engine."""
-    server = TestServer(create_app(settings, engine=engine), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield server
-    finally:
-        await server.close()
+async def until(ready: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Return once `ready()` is truthy, polled every 5 ms: for state that has no event to wait on."""
+    async with asyncio.timeout(timeout_s):
+        while not ready():  # noqa: ASYNC110 (polled state, nothing to await)
+            await asyncio.sleep(0.005)
 
 
 async def send_audio(ws: aiohttp.ClientWebSocketResponse, audio: bytes, *, chunk: int = 3200,
@@ -102,9 +100,11 @@ async def send_audio(ws: aiohttp.ClientWebSocketResponse, audio: bytes, *, chunk
             await ws.send_json({"type": "audio_data", "audio": base64.b64encode(part).decode()})
 
 
-async def receive_all(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 120.0) -> list[dict[str, Any]]:
-    """Every message the server sends until it closes the socket (each must be JSON text)."""
-    messages = []
+async def receive_all(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 120.0,
+                      into: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every message the server sends until it closes the socket (each must be JSON text),
+    appended to `into` as they arrive if given (for a reader running beside the sender)."""
+    messages = [] if into is None else into
     async with asyncio.timeout(wait_s):
         async for msg in ws:
             assert msg.type is aiohttp.WSMsgType.TEXT, msg

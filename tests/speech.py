@@ -1,4 +1,6 @@
-"""Real speech for tests: the clips in ../shared/speech, a telephone channel, and WER scoring."""
+"""Real speech for tests: the clips of the speech directory (`app.bench.common.SPEECH_DIR`:
+$HEARSAY_SPEECH_DIR or ../shared/speech), a telephone channel, and WER scoring (`wer`, the
+benchmarks' scorer)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,15 @@ import csv
 from functools import cache
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import soundfile
-from whisper_normalizer.english import EnglishTextNormalizer
 
+from app.bench.common import SPEECH_DIR, normalize, wer
 from app.pipeline.decode import encode
-from app.pipeline.events import Encoding
 from app.pipeline.resample import resample_whole
+from app.pipeline.types import Encoding
 
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "speech"
+__all__ = ["SPEECH_DIR", "clip_path", "load", "manifest", "reference", "silence", "telephone", "wer", "words"]
 
 
 @cache
@@ -47,12 +48,7 @@ def silence(seconds: float, rate: int = 16000) -> np.ndarray:
     return np.zeros(int(seconds * rate), dtype=np.float32)
 
 
-_normalize = EnglishTextNormalizer()
-
-
-def wer(ref: str, hyp: str) -> float:
-    """Word error rate after Whisper's English normalisation of both sides."""
-    r, h = _normalize(ref), _normalize(hyp)
-    if not r.strip():
-        return 0.0 if not h.strip() else 1.0
-    return float(jiwer.wer(r, h))
+def words(text: str) -> int:
+    """How many words `wer` counts in `text` (after normalisation): a WER bound of k/words(ref)
+    lets k words of the reference come out wrong."""
+    return len(normalize(text).split())

@@ -15,7 +15,7 @@ import pytest
 from app.delivery import events
 from app.delivery.events import CallRef, WebhookEvent
 from app.delivery.outbox import Outbox, Status
-from app.pipeline.events import Transcript
+from app.pipeline.types import Transcript
 
 URL = "http://127.0.0.1:9/hook"
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from app.delivery import events
 from app.delivery.events import CallRef
 from app.delivery.sign import sign, verify
-from app.pipeline.events import Transcript
+from app.pipeline.types import Transcript
 
 BODY = b'{"id":"evt_1","type":"utterance.final","utterance":{"text":"hello"}}'
 
@@ -104,6 +104,7 @@ def test_docs_python_snippet_verifies_hearsay_signatures() -> None:
         valid for _, _, valid in signed_cases()]
 
 
+@pytest.mark.process
 def test_docs_node_snippet_verifies_hearsay_signatures(tmp_path: Path) -> None:
     cases = signed_cases()
     for i, (body, _, _) in enumerate(cases):

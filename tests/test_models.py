@@ -44,4 +44,5 @@ def test_base_is_joined_once_and_detects_the_language(tmp_path: Path) -> None:
     assert recognizer.multilingual
     result = recognizer.transcribe(np.concatenate([speech.load("jfk"), speech.silence(0.5)]))
     assert result.language == "en"
-    assert speech.wer(speech.reference("jfk"), result.text) <= 0.15, result.text
+    # 22 words, 0 wrong on every CPU kernel path tried; 2 may change between CPU families
+    assert speech.wer(speech.reference("jfk"), result.text) <= 2 / 22, result.text

@@ -15,13 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 from service_helpers import (
-    SECRET,
+    StartApp,
     clip,
     make_settings,
     next_message,
     receive_all,
     reference,
-    running,
     send_audio,
     silence,
     wer,
@@ -31,15 +30,17 @@ from service_helpers import (
 from app.bench.consumer import WebhookConsumer
 from app.delivery.outbox import Outbox, Status
 from app.dialplans import DialplanError
-from app.server import CALL_HUB, reload_dialplans
+from app.keys import CALL_HUB
+from app.server import reload_dialplans
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def test_health_and_metrics(engine: Any, tmp_path: Path) -> None:
+async def test_health_and_metrics(running_app: StartApp, tmp_path: Path) -> None:
     write_dialplan(tmp_path / "dialplans", "default", catch_all=True)
-    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http:
-        async with http.get(server.make_url("/health")) as response:
+    server = await running_app(make_settings(tmp_path))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url("/health")) as response:
             assert response.status == 200
             health = await response.json()
         assert health["status"] == "healthy"
@@ -48,16 +49,16 @@ async def test_health_and_metrics(engine: Any, tmp_path: Path) -> None:
         assert health["components"]["engine"] == {"status": "ok"}
         assert health["components"]["dialplans"]["loaded"] == ["default"]
 
-        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+        async with http.ws_connect(server.url("/v1/stream")) as ws:
             await ws.send_json({"type": "start_transcription", "config": {}})
             await next_message(ws)
-            async with http.get(server.make_url("/health")) as response:
+            async with http.get(server.url("/health")) as response:
                 assert (await response.json())["active_sessions"] == 1
             await send_audio(ws, clip("ljspeech-LJ001-0002") + silence(1.0))
             await ws.send_json({"type": "stop_transcription"})
             await receive_all(ws)
 
-        async with http.get(server.make_url("/metrics")) as response:
+        async with http.get(server.url("/metrics")) as response:
             assert response.status == 200
             assert response.content_type == "text/plain"
             text = await response.text()
@@ -75,43 +76,43 @@ async def test_health_and_metrics(engine: Any, tmp_path: Path) -> None:
         assert f"# TYPE {name}" in text
 
 
-async def test_health_is_503_when_the_engine_cannot_load(tmp_path: Path) -> None:
+async def test_health_is_503_when_the_engine_cannot_load(running_app: StartApp, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, asr={"model": str(tmp_path / "no-such-model")})
-    async with running(settings, None) as server, aiohttp.ClientSession() as http:
-        async with http.get(server.make_url("/health")) as response:
+    server = await running_app(settings, own_engine=True)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url("/health")) as response:
             assert response.status == 503
             health = await response.json()
         assert health["status"] == "unhealthy"
         assert health["components"]["engine"]["status"] == "failed"
-        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+        async with http.ws_connect(server.url("/v1/stream")) as ws:
             await ws.send_json({"type": "start_transcription", "config": {}})
             reply = await next_message(ws)
         assert reply["code"] == "unavailable"
 
 
 async def test_a_bad_dialplan_stops_start_up_and_a_bad_reload_keeps_the_old_set(
-        engine: Any, tmp_path: Path) -> None:
+        running_app: StartApp, tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     plans = tmp_path / "dialplans"
     (plans / "broken.toml").write_text('name = "broken"\n[match]\nsip_usr = ["1"]\n')
     with pytest.raises(DialplanError, match=r"broken\.toml: match\.sip_usr"):
-        async with running(settings, engine):
-            pass
+        await running_app(settings)
 
     (plans / "broken.toml").unlink()
     write_dialplan(plans, "a")
-    async with running(settings, engine) as server:
-        app = server.app
-        assert [p.name for p in app[CALL_HUB].dialplans] == ["a"]
-        write_dialplan(plans, "b")
-        assert await reload_dialplans(app)
-        assert [p.name for p in app[CALL_HUB].dialplans] == ["a", "b"]
-        (plans / "c.toml").write_text("name = 5\n")
-        assert not await reload_dialplans(app)
-        assert [p.name for p in app[CALL_HUB].dialplans] == ["a", "b"]
+    app = (await running_app(settings)).app
+    assert [p.name for p in app[CALL_HUB].dialplans] == ["a"]
+    write_dialplan(plans, "b")
+    assert await reload_dialplans(app)
+    assert [p.name for p in app[CALL_HUB].dialplans] == ["a", "b"]
+    (plans / "c.toml").write_text("name = 5\n")
+    assert not await reload_dialplans(app)
+    assert [p.name for p in app[CALL_HUB].dialplans] == ["a", "b"]
 
 
 def _free_port() -> int:
+    # Probed, not bound by serve (port 0): serve logs the configured port, not the one it bound.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -138,12 +139,12 @@ async def _wait_healthy(http: aiohttp.ClientSession, base: str, process: subproc
                         return
             except aiohttp.ClientConnectionError:
                 pass
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
 
 
-async def test_serve_survives_kill_9_mid_stream_and_reloads_on_sighup(tmp_path: Path) -> None:
-    consumer = WebhookConsumer(SECRET)
-    await consumer.start()
+@pytest.mark.process
+async def test_serve_survives_kill_9_mid_stream_and_reloads_on_sighup(
+        consumer: WebhookConsumer, tmp_path: Path) -> None:
     consumer.status = 503  # the assistant is down while Hearsay is killed
     write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
     port = _free_port()
@@ -155,7 +156,7 @@ async def test_serve_survives_kill_9_mid_stream_and_reloads_on_sighup(tmp_path: 
             async with http.ws_connect(f"{base}/v1/stream") as ws:
                 await ws.send_json({"type": "start_transcription", "config": {"dialplan": "bot"}})
                 session_id = (await next_message(ws))["sessionId"]
-                names = ["ljspeech-LJ001-0002", "ljspeech-LJ001-0008"]
+                names = ["arctic-aew-a0003", "ljspeech-LJ001-0004"]  # one utterance each
                 for name in names:
                     await send_audio(ws, clip(name) + silence(1.2))
                 heard: list[dict[str, Any]] = []
@@ -166,11 +167,11 @@ async def test_serve_survives_kill_9_mid_stream_and_reloads_on_sighup(tmp_path: 
                 # the finals are committed to the outbox (read here by a second connection)
                 outbox = await Outbox.open(tmp_path / "outbox.sqlite3")
                 try:
-                    for _ in range(300):
+                    for _ in range(600):
                         pending = await outbox.list(Status.PENDING)
                         if len([r for r in pending if r.event.type == "utterance.final"]) == len(names):
                             break
-                        await asyncio.sleep(0.1)
+                        await asyncio.sleep(0.05)
                     else:
                         pytest.fail("the finals never reached the outbox")
                 finally:
@@ -201,11 +202,11 @@ async def test_serve_survives_kill_9_mid_stream_and_reloads_on_sighup(tmp_path: 
         if process.poll() is None:
             process.kill()
             process.wait(10)
-        await consumer.stop()
 
     assert [e["utterance"]["text"] for e in finals] == [r["transcript"] for r in heard]
-    for name, event in zip(names, finals, strict=True):
-        assert wer(reference(name), event["utterance"]["text"]) < 0.3
+    # 25 words, 0 wrong on every CPU kernel path tried; 2 may change between CPU families
+    said = " ".join(reference(name) for name in names)
+    assert wer(said, " ".join(e["utterance"]["text"] for e in finals)) <= 2 / 25
     accepted_ids = [e["id"] for e in consumer.events]
     assert len(accepted_ids) == len(set(accepted_ids)), "each event delivered exactly once"
     assert consumer.rejected == 0

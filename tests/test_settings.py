@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import Settings, SettingsError, load_settings, speech_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +57,14 @@ def test_bad_file_names_the_key(tmp_path: Path) -> None:
         load_settings(tmp_path / "s.toml", environ={})
 
 
+def test_the_speech_directory_is_beside_the_repository_unless_the_environment_says() -> None:
+    assert speech_dir({}) == REPO.parent / "shared" / "speech"
+    assert speech_dir({"HEARSAY_SPEECH_DIR": "/data/clips"}) == Path("/data/clips")
+    # not a setting: the service starts with it set
+    assert load_settings(REPO / "settings.toml", environ={"HEARSAY_SPEECH_DIR": "/data/clips"}) == Settings()
+
+
+@pytest.mark.process
 def test_serve_refuses_to_start_on_a_bad_setting() -> None:
     import subprocess
     import sys

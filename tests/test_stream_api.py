@@ -1,7 +1,12 @@
 """`/v1/stream` end to end: a real WebSocket client streams real clips to the real app, and a
 real webhook consumer (verifying signatures) receives the words.
 
-Uses the session's shared speech `engine` fixture (tests/conftest.py).
+Uses the test kit of tests/conftest.py: `running_app` (with the session's shared engine) and
+the `consumer` webhook.
+
+WER bounds are "k / n": n words in the reference, of which k may come out wrong. k is what
+tiny.en gets wrong here on every CPU kernel path tried (AVX-512 and AVX2 oneDNN, MKL), plus
+two: int8 kernels differ between CPU families, and a word or two moves between them.
 """
 
 from __future__ import annotations
@@ -15,47 +20,45 @@ from typing import Any
 import aiohttp
 import pytest
 from service_helpers import (
-    SECRET,
+    StartApp,
     clip,
     make_settings,
     next_message,
     receive_all,
     reference,
-    running,
     send_audio,
     silence,
     telephone,
     wer,
     write_dialplan,
 )
+from speech import words
 
 from app.bench.consumer import WebhookConsumer
+from app.calls import EndReason
 
 START = {"type": "start_transcription", "config": {"sampleRate": 16000, "encoding": "LINEAR16"}}
 STOP = {"type": "stop_transcription"}
-
-
-@pytest.fixture
-async def consumer() -> Any:
-    hook = WebhookConsumer(SECRET)
-    await hook.start()
-    yield hook
-    await hook.stop()
 
 
 def start(**config: Any) -> dict[str, Any]:
     return {"type": "start_transcription", "config": {**START["config"], **config}}
 
 
+def is_interim(message: dict[str, Any]) -> bool:
+    return message["type"] == "transcription_result" and not message["result"]["isFinal"]
+
+
 def finals(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m["result"] for m in messages if m["type"] == "transcription_result" and m["result"]["isFinal"]]
 
 
-async def test_clip_words_reach_client_and_webhook(engine: Any, tmp_path: Path,
+async def test_clip_words_reach_client_and_webhook(running_app: StartApp, tmp_path: Path,
                                                    consumer: WebhookConsumer) -> None:
     write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
-    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http, \
-            http.ws_connect(server.make_url("/v1/stream")) as ws:
+    server = await running_app(make_settings(tmp_path))
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(server.url("/v1/stream")) as ws:
         await ws.send_json(start(dialplan="bot"))
         started = await next_message(ws)
         assert started["type"] == "transcription_started"
@@ -70,7 +73,7 @@ async def test_clip_words_reach_client_and_webhook(engine: Any, tmp_path: Path,
 
     complete = messages[-1]
     assert complete["type"] == "transcription_complete"
-    assert wer(reference("jfk"), complete["result"]["text"]) < 0.15
+    assert wer(reference("jfk"), complete["result"]["text"]) <= 2 / 22  # 0 wrong
     assert complete["result"]["duration"] == pytest.approx(12.0, abs=0.05)
     results = finals(messages)
     assert [r["index"] for r in results] == list(range(len(results)))
@@ -79,12 +82,11 @@ async def test_clip_words_reach_client_and_webhook(engine: Any, tmp_path: Path,
         assert 0 <= r["start_s"] < r["end_s"] <= 12.0 and r["timestamp"] == r["end_s"]
         assert 0 < r["confidence"] <= 1
 
-    async with asyncio.timeout(30):
-        ended = (await consumer.wait_for(lambda c: c.of_type("call.ended", session_id)))[0]
+    ended = await consumer.wait(session_id)
     assert consumer.rejected == 0
     assert ended["call"] == {"id": session_id, "source": "stream", "from": "127.0.0.1",
                              "to": "/v1/stream", "dialplan": "bot"}
-    assert wer(reference("jfk"), ended["transcript"]) < 0.15
+    assert wer(reference("jfk"), ended["transcript"]) <= 2 / 22
     hooked = consumer.of_type("utterance.final", session_id)
     assert [e["utterance"]["text"] for e in hooked] == [r["transcript"] for r in results]
     assert consumer.of_type("call.started", session_id)
@@ -92,39 +94,48 @@ async def test_clip_words_reach_client_and_webhook(engine: Any, tmp_path: Path,
     assert types[0] == "call.started" and types[-1] == "call.ended"
 
 
-async def test_telephone_audio_interims_and_single_utterance(engine: Any, tmp_path: Path) -> None:
-    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http:
-        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+@pytest.mark.realtime  # interims need the audio to arrive over time
+async def test_telephone_audio_interims_and_single_utterance(running_app: StartApp, tmp_path: Path) -> None:
+    server = await running_app(make_settings(tmp_path))
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url("/v1/stream")) as ws:
             await ws.send_json(start(encoding="MULAW", sampleRate=8000, interimResults=True))
             assert (await next_message(ws))["type"] == "transcription_started"
-            # at twice real time (1600 bytes = 200 ms): interims are computed as the speech grows
-            await send_audio(ws, telephone(clip("jfk") + silence(1.0)), chunk=1600, pause_s=0.1)
+            messages: list[dict[str, Any]] = []
+            reader = asyncio.create_task(receive_all(ws, into=messages))
+            audio = telephone(clip("jfk") + silence(1.0))
+            for i in range(0, len(audio), 1600):  # 200 ms a message
+                # Twice real time until the first interim is back, then as fast as the server
+                # takes it: an interim is dropped when its utterance's final is due first, so
+                # audio that all arrives at once may get none.
+                if i and not any(is_interim(m) for m in messages):
+                    await asyncio.sleep(0.1)
+                await ws.send_bytes(audio[i:i + 1600])
             await ws.send_json(STOP)
-            messages = await receive_all(ws)
-        interims = [m["result"] for m in messages
-                    if m["type"] == "transcription_result" and not m["result"]["isFinal"]]
+            await reader
+        interims = [m["result"] for m in messages if is_interim(m)]
         assert interims, "interimResults=true gives interim results"
-        assert wer(reference("jfk"), messages[-1]["result"]["text"]) < 0.2
+        assert wer(reference("jfk"), messages[-1]["result"]["text"]) <= 5 / 22  # 3 wrong over the phone
 
         # singleUtterance: the session ends by itself after the first final.
-        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+        async with http.ws_connect(server.url("/v1/stream")) as ws:
             await ws.send_json(start(singleUtterance=True))
             await next_message(ws)
-            two = clip("ljspeech-LJ001-0002") + silence(1.5) + clip("ljspeech-LJ001-0008") + silence(1.5)
+            two = clip("arctic-aew-a0003") + silence(1.5) + clip("ljspeech-LJ001-0008") + silence(1.5)
             await send_audio(ws, two)
             messages = await receive_all(ws)
         assert len(finals(messages)) == 1
         assert messages[-1]["type"] == "transcription_complete"
-        assert wer(reference("ljspeech-LJ001-0002"), messages[-1]["result"]["text"]) < 0.3
+        assert wer(reference("arctic-aew-a0003"), messages[-1]["result"]["text"]) <= 2 / 11  # 0 wrong
 
 
-async def test_two_concurrent_sessions_keep_their_own_words(engine: Any, tmp_path: Path,
+async def test_two_concurrent_sessions_keep_their_own_words(running_app: StartApp, tmp_path: Path,
                                                             consumer: WebhookConsumer) -> None:
     write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
     names = ["jfk", "ljspeech-LJ001-0009"]
 
     async def session(http: aiohttp.ClientSession, server: Any, name: str) -> tuple[str, str]:
-        async with http.ws_connect(server.make_url("/v1/stream")) as ws:
+        async with http.ws_connect(server.url("/v1/stream")) as ws:
             await ws.send_json(start(dialplan="bot"))
             session_id = (await next_message(ws))["sessionId"]
             await send_audio(ws, clip(name) + silence(1.0), chunk=640)
@@ -132,19 +143,21 @@ async def test_two_concurrent_sessions_keep_their_own_words(engine: Any, tmp_pat
             messages = await receive_all(ws)
         return session_id, messages[-1]["result"]["text"]
 
-    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http:
+    server = await running_app(make_settings(tmp_path))
+    async with aiohttp.ClientSession() as http:
         results = await asyncio.gather(*(session(http, server, n) for n in names))
     for name, (session_id, text) in zip(names, results, strict=True):
-        assert wer(reference(name), text) < 0.2, (name, text)
-        async with asyncio.timeout(30):
-            ended = await consumer.wait_for(lambda c, s=session_id: c.of_type("call.ended", s))
-        assert wer(reference(name), ended[0]["transcript"]) < 0.2
+        bound = 2 / words(reference(name))  # 0 wrong of 22 and of 19
+        assert wer(reference(name), text) <= bound, (name, text)
+        ended = await consumer.wait(session_id)
+        assert wer(reference(name), ended["transcript"]) <= bound
 
 
-async def test_bad_input_gets_error_codes_and_the_session_goes_on(engine: Any, tmp_path: Path) -> None:
+async def test_bad_input_gets_error_codes_and_the_session_goes_on(running_app: StartApp, tmp_path: Path) -> None:
     write_dialplan(tmp_path / "dialplans", "quiet")
-    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http, \
-            http.ws_connect(server.make_url("/v1/stream")) as ws:
+    server = await running_app(make_settings(tmp_path))
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(server.url("/v1/stream")) as ws:
 
         async def error_for(message: str | bytes | dict[str, Any]) -> str:
             if isinstance(message, dict):
@@ -183,18 +196,19 @@ async def test_bad_input_gets_error_codes_and_the_session_goes_on(engine: Any, t
         assert await error_for({"type": "audio_data", "audio": odd}) == "invalid_audio"
 
         # ... and the session still transcribes.
-        await send_audio(ws, clip("ljspeech-LJ001-0008") + silence(1.0))
+        await send_audio(ws, clip("ljspeech-LJ001-0004") + silence(1.0))
         await ws.send_json(STOP)
         messages = await receive_all(ws)
     assert messages[-1]["type"] == "transcription_complete"
-    assert wer(reference("ljspeech-LJ001-0008"), messages[-1]["result"]["text"]) < 0.3
+    assert wer(reference("ljspeech-LJ001-0004"), messages[-1]["result"]["text"]) <= 2 / 14  # 0 wrong
 
 
-async def test_limits_answer_with_a_code_then_close(engine: Any, tmp_path: Path) -> None:
+async def test_limits_answer_with_a_code_then_close(running_app: StartApp, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, stream={"max_message_bytes": 4096, "max_sessions": 1,
                                                "max_session_s": 2})
-    async with running(settings, engine) as server, aiohttp.ClientSession() as http:
-        url = server.make_url("/v1/stream")
+    server = await running_app(settings)
+    async with aiohttp.ClientSession() as http:
+        url = server.url("/v1/stream")
         async with http.ws_connect(url) as ws:
             await ws.send_json(START)
             await next_message(ws)
@@ -220,10 +234,11 @@ async def test_limits_answer_with_a_code_then_close(engine: Any, tmp_path: Path)
         assert ws.close_code == 1008
 
 
-async def test_api_keys_are_checked_before_the_upgrade(engine: Any, tmp_path: Path) -> None:
+async def test_api_keys_are_checked_before_the_upgrade(running_app: StartApp, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, auth={"api_keys": ["k-123"]})
-    async with running(settings, engine) as server, aiohttp.ClientSession() as http:
-        url = server.make_url("/v1/stream")
+    server = await running_app(settings)
+    async with aiohttp.ClientSession() as http:
+        url = server.url("/v1/stream")
         for headers, query in (({}, ""), ({"Authorization": "Bearer wrong"}, ""), ({}, "?api_key=nope")):
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(f"{url}{query}", headers=headers)
@@ -241,13 +256,14 @@ async def test_api_keys_are_checked_before_the_upgrade(engine: Any, tmp_path: Pa
                                     "result": {"text": "", "segments": [], "duration": 0.0}}
 
 
-async def test_shutdown_finishes_open_sessions(engine: Any, tmp_path: Path, consumer: WebhookConsumer) -> None:
+async def test_shutdown_finishes_open_sessions(running_app: StartApp, tmp_path: Path, consumer: WebhookConsumer) -> None:
     write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
-    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http, \
-            http.ws_connect(server.make_url("/v1/stream")) as ws:
+    server = await running_app(make_settings(tmp_path))
+    async with aiohttp.ClientSession() as http, \
+            http.ws_connect(server.url("/v1/stream")) as ws:
         await ws.send_json(start(dialplan="bot"))
         session_id = (await next_message(ws))["sessionId"]
-        await send_audio(ws, clip("ljspeech-LJ001-0002"))  # no silence, no stop: mid-utterance
+        await send_audio(ws, clip("arctic-aew-a0003"))  # no silence, no stop: mid-utterance
         await ws.send_json({"type": "barrier"})  # answered in order: all audio was taken
         assert (await next_message(ws))["code"] == "unknown_type"
         reader = asyncio.create_task(receive_all(ws))
@@ -255,17 +271,17 @@ async def test_shutdown_finishes_open_sessions(engine: Any, tmp_path: Path, cons
         messages = await reader
         assert ws.close_code == 1001
     assert messages[-1]["type"] == "transcription_complete"
-    assert wer(reference("ljspeech-LJ001-0002"), messages[-1]["result"]["text"]) < 0.3
-    async with asyncio.timeout(30):
-        ended = await consumer.wait_for(lambda c: c.of_type("call.ended", session_id))
-    assert ended[0]["reason"] == "shutdown"
+    assert wer(reference("arctic-aew-a0003"), messages[-1]["result"]["text"]) <= 2 / 11  # 0 wrong
+    ended = await consumer.wait(session_id)
+    assert ended["reason"] == EndReason.SHUTDOWN
     assert [e["utterance"]["text"] for e in consumer.of_type("utterance.final", session_id)] == [
         messages[-1]["result"]["text"]]
 
 
-async def test_a_client_that_does_not_read_does_not_hold_up_others(engine: Any, tmp_path: Path) -> None:
-    async with running(make_settings(tmp_path), engine) as server, aiohttp.ClientSession() as http:
-        url = server.make_url("/v1/stream")
+async def test_a_client_that_does_not_read_does_not_hold_up_others(running_app: StartApp, tmp_path: Path) -> None:
+    server = await running_app(make_settings(tmp_path))
+    async with aiohttp.ClientSession() as http:
+        url = server.url("/v1/stream")
         async with http.ws_connect(url) as lazy, http.ws_connect(url) as busy:
             await lazy.send_json(start(interimResults=True, words=True))
             await busy.send_json(start())
@@ -273,13 +289,14 @@ async def test_a_client_that_does_not_read_does_not_hold_up_others(engine: Any, 
             # the lazy client sends lots of speech and never reads its results ...
             await send_audio(lazy, (clip("jfk") + silence(0.5)) * 3, chunk=16000)
             # ... while the other session is served in full
-            await send_audio(busy, clip("ljspeech-LJ001-0002") + silence(1.0))
+            await send_audio(busy, clip("arctic-aew-a0003") + silence(1.0))
             await busy.send_json(STOP)
             messages = await receive_all(busy)
-            assert wer(reference("ljspeech-LJ001-0002"), messages[-1]["result"]["text"]) < 0.3
+            assert wer(reference("arctic-aew-a0003"), messages[-1]["result"]["text"]) <= 2 / 11  # 0 wrong
             await lazy.send_json(STOP)
             lazy_messages = await receive_all(lazy)
     results = finals(lazy_messages)
     assert len(results) >= 3 and all("words" in r for r in results)
     assert lazy_messages[-1]["type"] == "transcription_complete"
-    assert wer(" ".join([reference("jfk")] * 3), lazy_messages[-1]["result"]["text"]) < 0.2
+    # 0 wrong of 66; the same audio three times repeats a kernel's word changes three times
+    assert wer(" ".join([reference("jfk")] * 3), lazy_messages[-1]["result"]["text"]) <= 6 / 66

@@ -12,11 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import clip, make_settings, receive_all, reference, running, send_audio, silence, wer
+from service_helpers import clip, make_settings, receive_all, reference, send_audio, silence, wer
 
+from app.bench.common import RunningApp, serve_app
 from app.ingress.stream_protocol import ErrorCode
 
 REPLY_TYPES = {"transcription_started", "transcription_result", "transcription_complete", "error"}
@@ -49,19 +49,20 @@ messages = st.one_of(
 
 
 @pytest.fixture(scope="module")
-async def server(loaded_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestServer]:
+async def server(loaded_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningApp]:
+    """One app for the whole module (the `running_app` fixture's is per test)."""
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     (tmp / "dialplans").mkdir()
     (tmp / "dialplans" / "fuzz.toml").write_text('name = "fuzz"\n')
-    async with running(make_settings(tmp, stream={"max_message_bytes": 2048}), loaded_engine) as live:
+    async with serve_app(make_settings(tmp, stream={"max_message_bytes": 2048}), engine=loaded_engine) as live:
         yield live
     await loaded_engine.aclose()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sent=st.lists(messages, min_size=1, max_size=8))
-async def test_any_message_sequence_gets_well_formed_replies(server: TestServer, sent: list[Any]) -> None:
-    async with aiohttp.ClientSession() as http, http.ws_connect(server.make_url("/v1/stream")) as ws:
+async def test_any_message_sequence_gets_well_formed_replies(server: RunningApp, sent: list[Any]) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url("/v1/stream")) as ws:
         try:
             for message in sent:
                 if isinstance(message, bytes):
@@ -82,11 +83,12 @@ async def test_any_message_sequence_gets_well_formed_replies(server: TestServer,
     assert replies[-1]["type"] in ("transcription_complete", "error")
 
 
-async def test_a_good_session_after_the_fuzzing(server: TestServer) -> None:
-    async with aiohttp.ClientSession() as http, http.ws_connect(server.make_url("/v1/stream")) as ws:
+async def test_a_good_session_after_the_fuzzing(server: RunningApp) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url("/v1/stream")) as ws:
         await ws.send_json({"type": "start_transcription", "config": {"dialplan": "fuzz"}})
-        await send_audio(ws, clip("ljspeech-LJ001-0008") + silence(1.0), chunk=2000)
+        await send_audio(ws, clip("ljspeech-LJ001-0004") + silence(1.0), chunk=2000)
         await ws.send_json({"type": "stop_transcription"})
         replies = await receive_all(ws)
     assert replies[0]["type"] == "transcription_started"
-    assert wer(reference("ljspeech-LJ001-0008"), replies[-1]["result"]["text"]) < 0.3
+    # 14 words, 0 wrong on every CPU kernel path tried; 2 may change between CPU families
+    assert wer(reference("ljspeech-LJ001-0004"), replies[-1]["result"]["text"]) <= 2 / 14

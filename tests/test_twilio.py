@@ -1,8 +1,16 @@
 """Twilio end to end: the simulator calls a real Hearsay server; a real webhook consumer hears it.
 
-Every test here plays Twilio with `app.ingress.twilio_sim` (signed voice webhook, then the
-Media Stream in real time) against `create_app` on a loopback port, with the shared Whisper
-engine, and asserts what the voice assistant's webhook receives.
+Every test here plays Twilio with `app.sim.twilio` (signed voice webhook, then the
+Media Stream) against `create_app` on a loopback port, with the shared Whisper engine, and
+asserts what the voice assistant's webhook receives. Calls are streamed as fast as the socket
+takes them: the server places audio by the media timestamps (not by arrival), so utterance
+times and words do not depend on pacing. Only talk-back, which Twilio plays out in real time
+(marks come back when the caller has heard the audio), runs in real time.
+
+WER bounds are "k / n": n words in the reference, of which k may come out wrong. k is what
+tiny.en gets wrong here over the 8 kHz telephone path, on every CPU kernel path tried (AVX-512
+and AVX2 oneDNN, MKL), plus two: int8 kernels differ between CPU families, and a word or two
+moves between them.
 """
 
 from __future__ import annotations
@@ -11,21 +19,24 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
+from service_helpers import SECRET, StartApp, make_settings, until
 from speech import clip_path, reference, wer
 from twilio.request_validator import RequestValidator
 
-from app.delivery.sign import verify
-from app.ingress.twilio import TWILIO_SENDERS
-from app.ingress.twilio_sim import (
+from app.bench.common import RunningApp
+from app.bench.consumer import WebhookConsumer
+from app.calls import EndReason, PlaybackState
+from app.keys import CALL_HUB
+from app.pipeline.decode import decode
+from app.pipeline.types import Encoding
+from app.settings import Settings
+from app.sim.twilio import (
     NetworkFaults,
     SimCall,
     SimResult,
@@ -33,20 +44,8 @@ from app.ingress.twilio_sim import (
     read_wav_mulaw,
     stream_call,
 )
-from app.pipeline.decode import decode
-from app.pipeline.events import Encoding
-from app.server import create_app
-from app.settings import (
-    DialplanSettings,
-    HttpSettings,
-    Settings,
-    SipSettings,
-    TwilioSettings,
-    WebhookSettings,
-)
 
 TOKEN = "test-auth-token"
-SECRET = "whsec_test"
 SUPPORT = "+15550001111"  # routed to the "support" dialplan
 AGENTS = "+16660002222"  # routed to "agents", which also transcribes the outbound track
 UNROUTED = "+447700900000"
@@ -71,215 +70,139 @@ def silence(seconds: float) -> bytes:
     return b"\xff" * round(seconds * 8000)
 
 
-@dataclass
-class Consumer:
-    """The voice assistant: a real aiohttp server that checks signatures and keeps events."""
-
-    url: str = ""
-    events: list[dict[str, Any]] = field(default_factory=list)
-    bad_signatures: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        if not verify(SECRET, body, request.headers.get("Hearsay-Signature", "")):
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        self.events.append(json.loads(body))
-        self.changed.set()
-        return web.json_response({})
-
-    def of(self, call_id: str, kind: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.events
-                if e["call"]["id"] == call_id and (kind is None or e["type"] == kind)]
-
-    async def wait(self, call_id: str, kind: str = "call.ended") -> dict[str, Any]:
-        async def until() -> dict[str, Any]:
-            while not (found := self.of(call_id, kind)):
-                self.changed.clear()
-                await self.changed.wait()
-            return found[0]
-
-        return await asyncio.wait_for(until(), WAIT_S)
-
-
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-async def consumer() -> AsyncIterator[Consumer]:
-    sink = Consumer()
-    app = web.Application()
-    app.router.add_post("/hook", sink.handle)
-    runner, host = await _serve(app)
-    sink.url = f"http://{host}/hook"
-    yield sink
-    await runner.cleanup()
-
-
-def _settings(tmp: Path, consumer: Consumer, public_url: str = "") -> Settings:
+def _settings(tmp: Path, consumer: WebhookConsumer, public_url: str = "") -> Settings:
     plans = tmp / "dialplans"
     plans.mkdir(exist_ok=True)
     hook = f'[webhook]\nurl = "{consumer.url}"\nsecret = "{SECRET}"\n'
     (plans / "10-support.toml").write_text(f'name = "support"\n[match]\ntwilio_to = ["+1555*"]\n{hook}')
     (plans / "20-agents.toml").write_text(
         f'name = "agents"\n[match]\ntwilio_to = ["+1666*"]\n{hook}[recognition]\nagent_track = true\n')
-    return Settings(
-        http=HttpSettings(host="127.0.0.1", port=0, public_url=public_url),
-        twilio=TwilioSettings(auth_token=TOKEN),
-        sip=SipSettings(enabled=False),
-        webhooks=WebhookSettings(outbox=str(tmp / "outbox.sqlite3"), backoff_initial_s=0.05),
-        dialplans=DialplanSettings(dir=str(plans)),
-    )
+    return make_settings(tmp, twilio={"auth_token": TOKEN}, http={"public_url": public_url})
 
 
-@dataclass
-class Hearsay:
-    host: str
-    app: web.Application
+def voice_url(hearsay: RunningApp) -> str:
+    return hearsay.url("/twilio/voice")
 
-    @property
-    def voice_url(self) -> str:
-        return f"http://{self.host}/twilio/voice"
 
-    @property
-    def media_url(self) -> str:
-        return f"ws://{self.host}/twilio/media"
+def media_url(hearsay: RunningApp) -> str:
+    return hearsay.url("/twilio/media", "ws")
 
 
 @pytest.fixture
-async def hearsay(engine: Any, consumer: Consumer, tmp_path: Path) -> AsyncIterator[Hearsay]:
-    app = create_app(_settings(tmp_path, consumer), engine=engine)
-    runner, host = await _serve(app)
-    yield Hearsay(host, app)
-    await runner.cleanup()
+async def hearsay(running_app: StartApp, consumer: WebhookConsumer, tmp_path: Path) -> RunningApp:
+    """Hearsay with the "support" and "agents" dialplans, both posting to `consumer`."""
+    return await running_app(_settings(tmp_path, consumer))
 
 
-async def place_call(hearsay: Hearsay, audio: bytes, *, to: str = SUPPORT, **options: Any) -> SimResult:
+async def place_call(hearsay: RunningApp, audio: bytes, *, to: str = SUPPORT, **options: Any) -> SimResult:
     """Do what Twilio does: signed voice webhook, then the Media Stream its TwiML names."""
     async with aiohttp.ClientSession() as session:
         call_sid = options.pop("call_sid", None) or SimCall(url="", audio=b"").call_sid
-        answer = await post_voice_webhook(session, hearsay.voice_url, from_="+15557654321", to=to,
+        answer = await post_voice_webhook(session, voice_url(hearsay), from_="+15557654321", to=to,
                                           call_sid=call_sid, auth_token=TOKEN)
         assert not answer.rejected
         call = SimCall(url=answer.stream_url, audio=audio, custom_parameters=answer.parameters,
-                       auth_token=TOKEN, call_sid=call_sid, **{"hold_s": 1.0, **options})
+                       auth_token=TOKEN, call_sid=call_sid, **{"hold_s": 1.0, "speed": 0.0, **options})
         return await stream_call(session, call)
 
 
 # -- the voice webhook ----------------------------------------------------------------------
 
 
-async def test_voice_webhook_answers_twiml_streaming_to_the_media_socket(hearsay: Hearsay) -> None:
+async def test_voice_webhook_answers_twiml_streaming_to_the_media_socket(hearsay: RunningApp) -> None:
     async with aiohttp.ClientSession() as session:
-        answer = await post_voice_webhook(session, hearsay.voice_url, from_="+15557654321", to=SUPPORT,
+        answer = await post_voice_webhook(session, voice_url(hearsay), from_="+15557654321", to=SUPPORT,
                                           call_sid="CA" + "1" * 32, auth_token=TOKEN)
     assert not answer.rejected
-    assert answer.stream_url == hearsay.media_url
+    assert answer.stream_url == media_url(hearsay)
     assert answer.parameters == {"dialplan": "support", "From": "+15557654321", "To": SUPPORT}
 
 
-async def test_a_number_no_dialplan_takes_is_rejected(hearsay: Hearsay) -> None:
+async def test_a_number_no_dialplan_takes_is_rejected(hearsay: RunningApp) -> None:
     async with aiohttp.ClientSession() as session:
-        answer = await post_voice_webhook(session, hearsay.voice_url, from_="+15557654321", to=UNROUTED,
+        answer = await post_voice_webhook(session, voice_url(hearsay), from_="+15557654321", to=UNROUTED,
                                           call_sid="CA" + "2" * 32, auth_token=TOKEN)
     assert answer.rejected
 
 
-async def test_a_bad_signature_is_refused_with_403(hearsay: Hearsay) -> None:
+async def test_a_bad_signature_is_refused_with_403(hearsay: RunningApp) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ValueError, match="answered 403"):
-            await post_voice_webhook(session, hearsay.voice_url, from_="+1", to=SUPPORT,
+            await post_voice_webhook(session, voice_url(hearsay), from_="+1", to=SUPPORT,
                                      call_sid="CA" + "3" * 32, auth_token="not-the-token")
-        async with session.post(hearsay.voice_url, data={"To": SUPPORT}) as unsigned:
+        async with session.post(voice_url(hearsay), data={"To": SUPPORT}) as unsigned:
             assert unsigned.status == 403
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await stream_call(session, SimCall(url=hearsay.media_url, audio=silence(0.2),
+            await stream_call(session, SimCall(url=media_url(hearsay), audio=silence(0.2),
                                                auth_token="not-the-token"))
         assert refused.value.status == 403
 
 
-async def test_signatures_are_checked_against_the_url_twilio_used_behind_a_proxy(
-    engine: Any, consumer: Consumer, tmp_path: Path
-) -> None:
-    app = create_app(_settings(tmp_path, consumer), engine=engine)
-    runner, host = await _serve(app)
+async def test_signatures_are_checked_against_the_url_twilio_used_behind_a_proxy(hearsay: RunningApp) -> None:
+    host = hearsay.host
     public = "https://hearsay.example.com/twilio/voice"
     form = {"CallSid": "CA" + "4" * 32, "From": "+15557654321", "To": SUPPORT}
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "hearsay.example.com",
                "X-Twilio-Signature": RequestValidator(TOKEN).compute_signature(public, form)}
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://{host}/twilio/voice", data=form, headers=headers) as resp:
-                assert resp.status == 200
-                assert 'url="wss://hearsay.example.com/twilio/media"' in await resp.text()
-            # The same signature does not hold for the URL we were reached on directly.
-            async with session.post(f"http://{host}/twilio/voice", data=form,
-                                    headers={"X-Twilio-Signature": headers["X-Twilio-Signature"]}) as resp:
-                assert resp.status == 403
-    finally:
-        await runner.cleanup()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://{host}/twilio/voice", data=form, headers=headers) as resp:
+            assert resp.status == 200
+            assert 'url="wss://hearsay.example.com/twilio/media"' in await resp.text()
+        # The same signature does not hold for the URL we were reached on directly.
+        async with session.post(f"http://{host}/twilio/voice", data=form,
+                                headers={"X-Twilio-Signature": headers["X-Twilio-Signature"]}) as resp:
+            assert resp.status == 403
 
 
 async def test_public_url_setting_names_the_stream_url_and_the_signed_url(
-    engine: Any, consumer: Consumer, tmp_path: Path
+    running_app: StartApp, consumer: WebhookConsumer, tmp_path: Path
 ) -> None:
-    app = create_app(_settings(tmp_path, consumer, public_url="https://calls.example.org"), engine=engine)
-    runner, host = await _serve(app)
-    try:
-        async with aiohttp.ClientSession() as session:
-            form = {"CallSid": "CA" + "5" * 32, "From": "+15557654321", "To": SUPPORT}
-            signature = RequestValidator(TOKEN).compute_signature(
-                "https://calls.example.org/twilio/voice", form)
-            async with session.post(f"http://{host}/twilio/voice", data=form,
-                                    headers={"X-Twilio-Signature": signature}) as resp:
-                assert resp.status == 200
-                assert 'url="wss://calls.example.org/twilio/media"' in await resp.text()
-    finally:
-        await runner.cleanup()
+    host = (await running_app(_settings(tmp_path, consumer, public_url="https://calls.example.org"))).host
+    async with aiohttp.ClientSession() as session:
+        form = {"CallSid": "CA" + "5" * 32, "From": "+15557654321", "To": SUPPORT}
+        signature = RequestValidator(TOKEN).compute_signature(
+            "https://calls.example.org/twilio/voice", form)
+        async with session.post(f"http://{host}/twilio/voice", data=form,
+                                headers={"X-Twilio-Signature": signature}) as resp:
+            assert resp.status == 200
+            assert 'url="wss://calls.example.org/twilio/media"' in await resp.text()
 
 
 # -- calls ----------------------------------------------------------------------------------
 
 
-async def test_the_callers_words_reach_the_webhook(hearsay: Hearsay, consumer: Consumer) -> None:
+async def test_the_callers_words_reach_the_webhook(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
     result = await place_call(hearsay, clip("jfk"))
     ended = await consumer.wait(result.call_sid)
-    started = consumer.of(result.call_sid, "call.started")[0]
+    started = consumer.of_type("call.started", result.call_sid)[0]
     assert started["call"]["source"] == "twilio"
     assert started["call"]["from"] == "+15557654321" and started["call"]["to"] == SUPPORT
     assert started["call"]["dialplan"] == "support"
     assert started["call"]["metadata"]["callSid"] == result.call_sid
     assert started["call"]["metadata"]["streamSid"] == result.stream_sid
-    finals = consumer.of(result.call_sid, "utterance.final")
+    finals = consumer.of_type("utterance.final", result.call_sid)
     heard = " ".join(e["utterance"]["text"] for e in finals)
-    assert wer(reference("jfk"), heard) <= 0.25, heard
-    assert wer(reference("jfk"), ended["transcript"]) <= 0.25
-    assert ended["reason"] == "hangup"
-    assert consumer.bad_signatures == 0
+    assert wer(reference("jfk"), heard) <= 5 / 22, heard  # 3 wrong ("so am I", "America")
+    assert wer(reference("jfk"), ended["transcript"]) <= 5 / 22
+    assert ended["reason"] == EndReason.HANGUP
+    assert consumer.rejected == 0
 
 
-async def test_utterance_times_match_the_audio(hearsay: Hearsay, consumer: Consumer) -> None:
+async def test_utterance_times_match_the_audio(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
     lead = 1.5  # the caller is silent for this long before speaking
     speech = clip("arctic-aew-a0003")
     begin, end = speech_bounds(speech)
     result = await place_call(hearsay, silence(lead) + speech)
     await consumer.wait(result.call_sid)
-    utterances = [e["utterance"] for e in consumer.of(result.call_sid, "utterance.final")]
+    utterances = [e["utterance"] for e in consumer.of_type("utterance.final", result.call_sid)]
     assert utterances, "nothing was heard"
     assert lead + begin - 0.8 <= utterances[0]["start_s"] <= lead + begin + 0.3  # start includes pre-roll
     assert lead + end - 0.3 <= utterances[-1]["end_s"] <= lead + end + 0.6
-    assert wer(reference("arctic-aew-a0003"), " ".join(u["text"] for u in utterances)) <= 0.3
+    assert wer(reference("arctic-aew-a0003"), " ".join(u["text"] for u in utterances)) <= 2 / 11  # 0 wrong
 
 
 async def test_late_repeated_and_lost_frames_do_not_shift_the_times(
-    hearsay: Hearsay, consumer: Consumer
+    hearsay: RunningApp, consumer: WebhookConsumer
 ) -> None:
     lead = 1.5
     speech = clip("arctic-aew-a0003")
@@ -291,14 +214,14 @@ async def test_late_repeated_and_lost_frames_do_not_shift_the_times(
     assert utterances, "nothing was heard"
     assert lead + begin - 0.8 <= utterances[0]["start_s"] <= lead + begin + 0.3  # start includes pre-roll
     assert lead + end - 0.3 <= utterances[-1]["end_s"] <= lead + end + 0.6
-    assert wer(reference("arctic-aew-a0003"), ended["transcript"]) <= 0.3, ended["transcript"]
+    assert wer(reference("arctic-aew-a0003"), ended["transcript"]) <= 2 / 11, ended["transcript"]  # 0 wrong
     assert ended["duration_s"] == pytest.approx(result.audio_s, abs=0.03)
 
 
-async def test_pressed_keys_reach_the_webhook(hearsay: Hearsay, consumer: Consumer) -> None:
+async def test_pressed_keys_reach_the_webhook(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
     result = await place_call(hearsay, clip("cards-001"), dtmf="4#")
     await consumer.wait(result.call_sid)
-    digits = [e["dtmf"]["digit"] for e in consumer.of(result.call_sid, "dtmf")]
+    digits = [e["dtmf"]["digit"] for e in consumer.of_type("dtmf", result.call_sid)]
     assert digits == ["4", "#"]
 
 
@@ -309,7 +232,7 @@ def _media(stream_sid: str, payload: bytes, timestamp: int = 0) -> str:
 
 
 async def test_malformed_frames_are_skipped_and_the_call_still_transcribes(
-    hearsay: Hearsay, consumer: Consumer
+    hearsay: RunningApp, consumer: WebhookConsumer
 ) -> None:
     stream_sid = "MZ" + "b" * 32
     garbage = {
@@ -318,35 +241,37 @@ async def test_malformed_frames_are_skipped_and_the_call_still_transcribes(
              _media(stream_sid, b"\xff" * 5000, 400)],
         40: [_media(stream_sid, b"", 800), '{"event": "dtmf", "dtmf": {"digit": "99"}}'],
     }
-    result = await place_call(hearsay, clip("timit-LDC93S1"), stream_sid=stream_sid,
+    said = clip("timit-LDC93S1") + silence(1.0) + clip("arctic-aew-a0003")
+    result = await place_call(hearsay, said, stream_sid=stream_sid,
                               before_start=[_media(stream_sid, b"\xff" * 160)], inject=garbage)
     ended = await consumer.wait(result.call_sid)
-    assert wer(reference("timit-LDC93S1"), ended["transcript"]) <= 0.3, ended["transcript"]
-    assert ended["reason"] == "hangup"
+    heard_right = f'{reference("timit-LDC93S1")} {reference("arctic-aew-a0003")}'
+    assert wer(heard_right, ended["transcript"]) <= 4 / 22, ended["transcript"]  # 2 wrong ("dog", "and")
+    assert ended["reason"] == EndReason.HANGUP
 
 
-async def test_two_concurrent_calls_stay_separate(hearsay: Hearsay, consumer: Consumer) -> None:
+async def test_two_concurrent_calls_stay_separate(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
     one, two = await asyncio.gather(
         place_call(hearsay, clip("cards-005")),
         place_call(hearsay, clip("arctic-aew-a0001")),
     )
     first, second = await consumer.wait(one.call_sid), await consumer.wait(two.call_sid)
-    assert wer(reference("cards-005"), first["transcript"]) <= 0.3, first["transcript"]
-    assert wer(reference("arctic-aew-a0001"), second["transcript"]) <= 0.35, second["transcript"]
+    assert wer(reference("cards-005"), first["transcript"]) <= 3 / 9, first["transcript"]  # 1 wrong ("close")
+    assert wer(reference("arctic-aew-a0001"), second["transcript"]) <= 2 / 8, second["transcript"]  # 0 wrong
     assert "clubs" not in second["transcript"].lower()
     assert "danger" not in first["transcript"].lower()
 
 
 async def test_a_dropped_connection_still_ends_the_call_with_what_was_heard(
-    hearsay: Hearsay, consumer: Consumer
+    hearsay: RunningApp, consumer: WebhookConsumer
 ) -> None:
     result = await place_call(hearsay, clip("cards-005"), send_stop=False, hold_s=0.0)
     ended = await consumer.wait(result.call_sid)
-    assert ended["reason"] != "hangup"
-    assert wer(reference("cards-005"), ended["transcript"]) <= 0.3, ended["transcript"]
+    assert ended["reason"] == EndReason.DISCONNECTED
+    assert wer(reference("cards-005"), ended["transcript"]) <= 3 / 9, ended["transcript"]  # 1 wrong
 
 
-async def test_the_outbound_track_is_transcribed_as_the_agent(hearsay: Hearsay, consumer: Consumer) -> None:
+async def test_the_outbound_track_is_transcribed_as_the_agent(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
     caller = clip("timit-LDC93S1") + silence(3.5)
     agent = silence(3.5) + clip("cards-005")
     result = await place_call(hearsay, caller, to=AGENTS, outbound_audio=agent)
@@ -354,51 +279,158 @@ async def test_the_outbound_track_is_transcribed_as_the_agent(hearsay: Hearsay, 
     by_speaker: dict[str, str] = {}
     for u in ended["utterances"]:
         by_speaker[u["speaker"]] = (by_speaker.get(u["speaker"], "") + " " + u["text"]).strip()
-    assert wer(reference("timit-LDC93S1"), by_speaker.get("caller", "")) <= 0.3, by_speaker
-    assert wer(reference("cards-005"), by_speaker.get("agent", "")) <= 0.3, by_speaker
+    assert wer(reference("timit-LDC93S1"), by_speaker.get("caller", "")) <= 4 / 11, by_speaker  # 2 wrong
+    assert wer(reference("cards-005"), by_speaker.get("agent", "")) <= 3 / 9, by_speaker  # 1 wrong
 
 
-async def test_the_server_can_speak_mark_and_clear_into_the_call(
-    hearsay: Hearsay, consumer: Consumer
+async def _live_call(hearsay: RunningApp, consumer: WebhookConsumer, call_sid: str) -> Any:
+    await consumer.wait(call_sid, "call.started")
+    call = hearsay.app[CALL_HUB].get(call_sid)
+    assert call is not None
+    return call
+
+
+def _pcm16k(name: str) -> bytes:
+    import soundfile
+
+    samples, rate = soundfile.read(clip_path(name), dtype="int16")
+    assert rate == 16000
+    return samples.tobytes()
+
+
+def _heard_by_caller(result: SimResult) -> bytes:
+    """The μ-law audio the server sent into the call, in order."""
+    return b"".join(m.payload for m in result.received if type(m).__name__ == "OutboundMedia")
+
+
+async def _transcribe_mulaw(engine: Any, mulaw: bytes) -> str:
+    from app.pipeline.types import AudioFormat, Transcript
+
+    stream = engine.stream(AudioFormat(Encoding.MULAW, 8000))
+    for i in range(0, len(mulaw), 1600):
+        await stream.feed(mulaw[i:i + 1600])
+    await stream.finish()
+    return " ".join([r.text async for r in stream.results() if isinstance(r, Transcript) and r.is_final])
+
+
+@pytest.mark.realtime
+async def test_audio_played_into_the_call_is_heard_and_its_mark_comes_back(
+    engine: Any, hearsay: RunningApp, consumer: WebhookConsumer
 ) -> None:
-    played: list[str] = []
-
-    async def talk_back(call_sid: str) -> None:
-        await consumer.wait(call_sid, "call.started")  # the stream is live: its sender exists
-        sender = hearsay.app[TWILIO_SENDERS][call_sid]
-        sender.listen_marks(played.append)
-        await sender.send_media(b"\x7f" * 1600)  # 200 ms to play
-        await sender.send_mark("reply-1")
-        await sender.send_clear()
-
+    """Talk-back's path: `call.media.play()` a 16 kHz WAV; the caller (the simulator, playing
+    out in real time as Twilio does) receives μ-law media, then the mark, which it echoes.
+    Then the assistant hangs up (the caller would have waited for more)."""
     call_sid = "CA" + "c" * 32
-    result, _ = await asyncio.gather(
-        place_call(hearsay, clip("cards-001"), call_sid=call_sid, hold_s=3.0), talk_back(call_sid))
+    reply = _pcm16k("arctic-aew-a0003")  # 3.5 s
+    reply = reply[: len(reply) // 640 * 640]  # whole 20 ms frames (the tail is silence)
+
+    async def talk_back() -> PlaybackState:
+        call = await _live_call(hearsay, consumer, call_sid)
+        playback = call.media.play(reply, 16000)
+        state = await asyncio.wait_for(playback.wait(), WAIT_S)
+        assert playback.frames_played == playback.frames == -(-len(reply) // 640)
+        await call.media.hangup()
+        return state
+
+    result, state = await asyncio.gather(
+        place_call(hearsay, silence(30.0), call_sid=call_sid, speed=1.0, hold_s=0.0), talk_back())
+    assert state is PlaybackState.FINISHED
     kinds = [type(m).__name__ for m in result.received]
-    assert kinds == ["OutboundMedia", "OutboundMark", "Clear"]
-    assert result.marks_echoed == ["reply-1"]
+    assert kinds[-1] == "OutboundMark" and set(kinds[:-1]) == {"OutboundMedia"}
+    assert result.marks_echoed == [result.received[-1].name]  # type: ignore[union-attr]
+    heard = await _transcribe_mulaw(engine, _heard_by_caller(result))
+    assert wer(reference("arctic-aew-a0003"), heard) <= 2 / 11, heard  # 0 wrong
     await consumer.wait(call_sid)
-    assert played == ["reply-1"]
 
 
-async def test_the_command_line_simulator_places_a_call(hearsay: Hearsay, consumer: Consumer) -> None:
+@pytest.mark.realtime
+async def test_clear_interrupts_what_is_playing(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
+    call_sid = "CA" + "d" * 32
+    stopped: list[Any] = []
+
+    async def barge_in() -> None:
+        call = await _live_call(hearsay, consumer, call_sid)
+        first = call.media.play(_pcm16k("jfk"), 16000)  # 11 s
+        second = call.media.play(_pcm16k("ljspeech-LJ001-0002"), 16000)
+        await until(lambda: first.frames_played >= 10)  # mid-reply: 200 ms out, past the lead
+        assert call.media.clear() == [first, second]
+        stopped.extend([first, second, await first.wait(), await second.wait()])
+        await asyncio.sleep(0.3)  # the caller listens on: 15 frame times for a wrong frame to show
+        await call.media.hangup()
+
+    result, _ = await asyncio.gather(
+        place_call(hearsay, silence(30.0), call_sid=call_sid, speed=1.0, hold_s=0.0), barge_in())
+    first, second, first_state, second_state = stopped
+    assert first_state is second_state is PlaybackState.INTERRUPTED
+    assert 0 < first.frames_played < first.frames / 4 and second.frames_played == 0
+    kinds = [type(m).__name__ for m in result.received]
+    assert "Clear" in kinds and "OutboundMark" not in kinds
+    assert set(kinds[kinds.index("Clear"):]) == {"Clear"}  # nothing sent after the clear
+    assert kinds.count("OutboundMedia") == first.frames_played
+
+
+@pytest.mark.realtime
+async def test_hanging_up_ends_the_call_as_agent_hangup(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
+    call_sid = "CA" + "e" * 32
+
+    async def hang_up() -> None:
+        call = await _live_call(hearsay, consumer, call_sid)
+        await call.media.hangup()
+
+    result, _ = await asyncio.gather(
+        place_call(hearsay, clip("cards-001") + silence(30.0), call_sid=call_sid, speed=1.0), hang_up())
+    ended = await consumer.wait(call_sid)
+    assert ended["reason"] == EndReason.AGENT_HANGUP == "agent_hangup"
+    assert result.closed_by_server  # the socket closed under the caller: Twilio ends the call
+    assert result.frames_sent < len(clip("cards-001")) / 160 + 30.0 / 0.02
+
+
+@pytest.mark.realtime
+async def test_a_frame_during_shutdown_ends_the_session_cleanly(
+    hearsay: RunningApp, consumer: WebhookConsumer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutdown finalises every call while Twilio keeps sending media: the late frames must
+    not escape `MediaSession.run` (no handler error), and the call still ends "shutdown"."""
+    app = hearsay.app
+    call_sid = "CA" + "f" * 32
+
+    async def shut_down() -> None:
+        call = await _live_call(hearsay, consumer, call_sid)
+        await asyncio.sleep(0.5)  # mid-sentence
+        await app[CALL_HUB].close()
+        assert call.ended
+
+    try:
+        await asyncio.gather(
+            place_call(hearsay, clip("jfk"), call_sid=call_sid, speed=1.0, send_stop=False), shut_down())
+    finally:
+        await hearsay.close()
+    ended = await consumer.wait(call_sid)
+    assert ended["reason"] == EndReason.SHUTDOWN
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+@pytest.mark.process
+async def test_the_command_line_simulator_places_a_call(hearsay: RunningApp, consumer: WebhookConsumer) -> None:
     """`python -m app twilio-sim --voice-url … FILE`, run as a user would, is heard."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "twilio-sim", "--voice-url", hearsay.voice_url,
-        "--auth-token", TOKEN, "--to", SUPPORT, "--speed", "2", "--dtmf", "7",
+        sys.executable, "-m", "app", "twilio-sim", "--voice-url", voice_url(hearsay),
+        "--auth-token", TOKEN, "--to", SUPPORT, "--speed", "0", "--dtmf", "7",
         str(clip_path("cards-005")),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[1])
     out, err = await asyncio.wait_for(process.communicate(), WAIT_S)
     assert process.returncode == 0, err.decode()
     summary = json.loads(out)
     ended = await consumer.wait(summary["callSid"])
-    assert wer(reference("cards-005"), ended["transcript"]) <= 0.3, ended["transcript"]
-    assert [e["dtmf"]["digit"] for e in consumer.of(summary["callSid"], "dtmf")] == ["7"]
+    assert wer(reference("cards-005"), ended["transcript"]) <= 3 / 9, ended["transcript"]  # 1 wrong
+    assert [e["dtmf"]["digit"] for e in consumer.of_type("dtmf", summary["callSid"])] == ["7"]
 
 
-async def test_the_command_line_simulator_reports_a_rejected_call(hearsay: Hearsay) -> None:
+@pytest.mark.process
+async def test_the_command_line_simulator_reports_a_rejected_call(hearsay: RunningApp) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "twilio-sim", "--voice-url", hearsay.voice_url,
+        sys.executable, "-m", "app", "twilio-sim", "--voice-url", voice_url(hearsay),
         "--auth-token", TOKEN, "--to", UNROUTED, str(clip_path("cards-001")),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[1])
     _, err = await asyncio.wait_for(process.communicate(), WAIT_S)

@@ -1,10 +1,13 @@
-"""What the benchmarks share, so their figures mean the same thing.
+"""What the benchmarks (and the tests) share, so their figures mean the same thing.
 
+- `SPEECH_DIR`: the speech clips (`manifest.tsv` and the WAVs), `$HEARSAY_SPEECH_DIR` or
+  `shared/speech` beside the repository (`app.settings.speech_dir`).
 - `speech_end_s`: the one definition of a clip's "true end of speech" that every latency is
   measured from: the end of the last 10 ms window whose RMS reaches 10 % of the loudest
   window's (20 dB down). Conservative: quiet trailing breath does not count as speech, so it
   cannot shorten a measured latency.
 - `wer`: word error rate after Whisper's English normalisation (needs the test extras).
+- `RunningApp`: the real app served on a loopback port (ephemeral by default).
 - `bench_service`: the real app on 127.0.0.1 with one dialplan, `bench`, whose webhook is a
   local signature-checking consumer; the outbox and dialplans live in a temporary directory.
 """
@@ -13,19 +16,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
 
 from app.bench.consumer import WebhookConsumer
-from app.settings import Settings
+from app.settings import Settings, speech_dir
+
+if TYPE_CHECKING:
+    from app.pipeline.engine import SpeechEngine
 
 SECRET = "whsec_bench"
+SPEECH_DIR = speech_dir()
 
 
 def speech_end_s(samples: np.ndarray, rate: int) -> float:
@@ -39,15 +47,78 @@ def speech_end_s(samples: np.ndarray, rate: int) -> float:
     return float((loud[-1] + 1) * hop / rate)
 
 
+@functools.cache
+def _normalizer() -> Callable[[str], str]:
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    normalizer: Callable[[str], str] = EnglishTextNormalizer()
+    return normalizer
+
+
+def normalize(text: str) -> str:
+    """`text` as `wer` compares it: Whisper's English normalisation (case, punctuation,
+    "fourteen" vs "14"). Needs the test extras (whisper-normalizer)."""
+    return _normalizer()(text).strip()
+
+
 def wer(reference: str, hypothesis: str) -> float:
-    """Normalised word error rate; NaN when the test extras (jiwer, whisper-normalizer) are missing."""
+    """Word error rate of `hypothesis` against `reference`, both normalised (`normalize`). An
+    empty reference scores 0.0 against nothing and 1.0 against anything. NaN when the test
+    extras (jiwer, whisper-normalizer) are missing."""
     try:
         import jiwer
-        from whisper_normalizer.english import EnglishTextNormalizer
+
+        ref, hyp = normalize(reference), normalize(hypothesis)
     except ImportError:
         return float("nan")
-    norm = EnglishTextNormalizer()
-    return float(jiwer.wer(norm(reference), norm(hypothesis) or "<empty>"))
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.wer(ref, hyp))
+
+
+@dataclass
+class RunningApp:
+    """The real app (`create_app`) served on a loopback port until `close()`."""
+
+    app: web.Application
+    host: str  # "127.0.0.1:<port>"
+    _runner: web.AppRunner | None
+
+    @classmethod
+    async def start(cls, settings: Settings, *, engine: SpeechEngine | None = None,
+                    host: str = "127.0.0.1", port: int = 0) -> RunningApp:
+        """Start the app (its cleanup contexts run now: a bad dialplan raises here) and listen;
+        `engine=None` makes it load its own from `settings`."""
+        from app.server import create_app
+
+        runner = web.AppRunner(create_app(settings, engine=engine), access_log=None)
+        try:
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()  # close what start-up opened before it failed
+            raise
+        return cls(runner.app, f"{host}:{runner.addresses[0][1]}", runner)
+
+    def url(self, path: str = "/", scheme: str = "http") -> str:
+        """`scheme://host:port/path`, e.g. `url("/v1/stream", "ws")`."""
+        return f"{scheme}://{self.host}{path}"
+
+    async def close(self) -> None:
+        """Shut down as SIGTERM does (live calls are finalised); a second call does nothing."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serve_app(settings: Settings, *, engine: SpeechEngine | None = None) -> AsyncIterator[RunningApp]:
+    """`RunningApp.start(...)` until the block ends."""
+    running = await RunningApp.start(settings, engine=engine)
+    try:
+        yield running
+    finally:
+        await running.close()
 
 
 @dataclass
@@ -60,7 +131,7 @@ class BenchService:
     workdir: Path
 
     def dropped_frames(self, source: str) -> int:
-        from app.server import METRICS
+        from app.keys import METRICS
 
         metric = self.app[METRICS].dropped_frames
         return int(sum(s.value for family in metric.collect() for s in family.samples
@@ -68,7 +139,7 @@ class BenchService:
 
 
 @contextlib.asynccontextmanager
-async def bench_service(settings: Settings, *, match: str = "", engine: Any = None,
+async def bench_service(settings: Settings, *, match: str = "", engine: SpeechEngine | None = None,
                         on_event: Callable[[dict[str, Any], float], None] | None = None,
                         ) -> AsyncIterator[BenchService]:
     """Run the app with the `bench` dialplan (its `[match]` body is `match`) until the block ends.
@@ -76,8 +147,6 @@ async def bench_service(settings: Settings, *, match: str = "", engine: Any = No
     `settings` should already carry what the benchmark changes (SIP on or off, ports, limits);
     this sets the HTTP address, the outbox and the dialplans directory.
     """
-    from app.server import create_app
-
     consumer = WebhookConsumer(SECRET, on_event=on_event)
     url = await consumer.start()
     try:
@@ -93,13 +162,7 @@ async def bench_service(settings: Settings, *, match: str = "", engine: Any = No
                 dialplans=dataclasses.replace(settings.dialplans, dir=str(plans)),
                 webhooks=dataclasses.replace(settings.webhooks, outbox=str(workdir / "outbox.sqlite3")),
             )
-            runner = web.AppRunner(create_app(settings, engine=engine), access_log=None)
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
-                host = f"127.0.0.1:{runner.addresses[0][1]}"
-                yield BenchService(runner.app, host, consumer, workdir)
-            finally:
-                await runner.cleanup()
+            async with serve_app(settings, engine=engine) as running:
+                yield BenchService(running.app, running.host, consumer, workdir)
     finally:
         await consumer.stop()

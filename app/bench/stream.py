@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from app.bench.common import bench_service, speech_end_s
+from app.bench.common import SPEECH_DIR, bench_service, speech_end_s
 from app.settings import Settings, load_settings
 
 FRAME_S = 0.02
@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sessions", type=int, default=1, help="concurrent sessions (default 1)")
     parser.add_argument("--clips", type=int, default=4, help="clips per session (default 4)")
     parser.add_argument("--gap-s", type=float, default=1.5, help="silence after each clip (default 1.5)")
-    parser.add_argument("--speech", default="../shared/speech", help="directory with manifest.tsv")
+    parser.add_argument("--speech", default=str(SPEECH_DIR),
+                        help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
     parser.add_argument("--config", default="settings.toml", help="settings file ([asr], [vad])")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
@@ -127,9 +128,8 @@ async def bench(settings: Settings, clips: list[Clip], sessions: int, per_sessio
             await asyncio.gather(*(
                 stream_session(http, url, log, pick(clips, log.index, per_session), gap_s)
                 for log in logs))
-        async with asyncio.timeout(60):
-            await service.consumer.wait_for(
-                lambda c: all(c.of_type("call.ended", log.session_id) for log in logs))
+        await service.consumer.wait_for(
+            lambda c: all(c.of_type("call.ended", log.session_id) for log in logs), timeout_s=60)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         dropped = service.dropped_frames("stream")
         rejected = service.consumer.rejected

@@ -27,16 +27,15 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from app.bench.common import bench_service, speech_end_s, wer
+from app.bench.common import SPEECH_DIR, bench_service, speech_end_s, wer
 from app.bench.consumer import WebhookConsumer
-from app.ingress.twilio_sim import SimCall, new_sid, post_voice_webhook, stream_call
-from app.ingress.twilio_wav import read_wav_mulaw
 from app.pipeline.decode import decode
-from app.pipeline.events import Encoding
+from app.pipeline.types import Encoding
 from app.settings import Settings, TwilioSettings, load_settings
+from app.sim.twilio import SimCall, new_sid, post_voice_webhook, stream_call
+from app.sim.wav import read_wav_mulaw
 
 DEFAULT_CLIPS = ("arctic-aew-a0001", "timit-LDC93S1", "cards-005", "arctic-aew-a0003")
-SPEECH_DIR = Path(__file__).resolve().parents[3] / "shared" / "speech"
 TOKEN = "bench-auth-token"
 LEAD_S, GAP_S, HOLD_S = 1.0, 2.0, 1.5
 TARGET_P50_S, TARGET_P95_S = 0.7, 1.0
@@ -46,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=1, help="concurrent simulated calls (default 1)")
     parser.add_argument("--clips", default=",".join(DEFAULT_CLIPS),
                         help="comma-separated clip ids from the speech directory, played in turn")
-    parser.add_argument("--speech-dir", default=str(SPEECH_DIR), help="directory with manifest.tsv")
+    parser.add_argument("--speech-dir", default=str(SPEECH_DIR),
+                        help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
     parser.add_argument("--config", default="settings.toml", help="settings file (engine settings)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -171,8 +171,7 @@ async def _one_call(host: str, clips: list[_Clip], n: int, consumer: WebhookCons
         result = await stream_call(session, SimCall(
             url=answer.stream_url, audio=audio, hold_s=HOLD_S, custom_parameters=answer.parameters,
             auth_token=TOKEN, call_sid=call_sid))
-    async with asyncio.timeout(120):
-        await consumer.wait_for(lambda c: c.of_type("call.ended", call_sid))
+    await consumer.wait(call_sid, "call.ended", timeout_s=120)
     events = [e for e in consumer.events if e["call"]["id"] == call_sid]
     return result.started_at, segments, events
 
