@@ -47,6 +47,8 @@ from tests.sip_helpers import (
     similarity,
 )
 
+pytestmark = pytest.mark.sip  # real SIP peers: pjsua2 answering sipp / sipvicious
+
 WAIT_S = 90
 
 

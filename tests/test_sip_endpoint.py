@@ -35,6 +35,8 @@ from tests.sip_helpers import (
     tone_ulaw,
 )
 
+pytestmark = pytest.mark.sip  # real SIP peers: pjsua2 answering sipp / sipvicious
+
 PLAN = Dialplan(name="test", match={"sip": ("100", "support*")})
 
 
