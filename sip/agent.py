@@ -33,7 +33,7 @@ from app.pipeline.errors import StreamClosedError
 from app.pipeline.types import AudioFormat, Encoding
 from app.settings import SipSettings
 from sip.endpoint import MAX_ADMITTED, SipEndpoint, SipStartError
-from sip.media import SAMPLE_RATE, SipMedia
+from sip.media import SAMPLE_RATE, SipMedia, TransferReport
 from sip.screen import DigestAuth, Offer, Screen
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class _Bridge:
         self._call: LiveCall | None = None
         self._early: list[bytes] = []
         self._end_reason: EndReason | None = None
-        self.media = SipMedia(post, self._hang_up, self._media_closed)
+        self.media = SipMedia(post, self._hang_up, self._media_closed, self._transfer)
 
     # Called on pjsua2's threads: hand over only.
     def audio(self, pcm: bytes) -> None:
@@ -248,6 +248,10 @@ class _Bridge:
         # media.hangup(): BYE now; the call ends with `reason` when pjsua2 reports it gone.
         if self._end_reason is None:
             self._endpoint.hang_up(self._serial, reason)
+
+    def _transfer(self, target: str, report: TransferReport) -> None:
+        # media.transfer(): REFER now; the SIP thread reports back and hangs up on success.
+        self._endpoint.transfer(self._serial, target, report)
 
     def _media_closed(self) -> None:
         # The call ended on the loop's side (hub shutdown, or ended by its owner) while the SIP

@@ -21,7 +21,7 @@ from typing import Protocol
 import pjsua2 as pj
 
 from app.calls.info import EndReason
-from sip.media import SAMPLE_RATE
+from sip.media import SAMPLE_RATE, TransferReport
 from sip.screen import Offer
 
 log = logging.getLogger("hearsay.sip")
@@ -125,6 +125,8 @@ class SipCall(pj.Call):
         self._held = False
         self._rx_packets = -1
         self._rx_changed_at = time.monotonic()
+        self._on_transfer: TransferReport | None = None
+        self._refer_when_confirmed: str | None = None
 
     # -- actions (SIP thread) ---------------------------------------------------------------
 
@@ -157,6 +159,21 @@ class SipCall(pj.Call):
         except pj.Error as exc:
             log.debug("hangup of %s: %s", self.offer.call_id, exc.info())
 
+    def transfer(self, target: str, report: TransferReport) -> None:
+        """Send a REFER asking the caller to call `target` (a SIP URI the caller of this method
+        has checked); `report(code, reason, final)` gets its progress on this thread (see
+        `TransferReport`). On a call answered but not yet confirmed (no ACK yet) the REFER
+        waits for the ACK. Never raises: a REFER that cannot be sent is reported as (0, why,
+        True), and so is the call ending while one is under way."""
+        if self.gone:
+            report(0, "the call is over", True)
+            return
+        self._on_transfer = report
+        if self.confirmed:
+            self._refer(target)
+        else:
+            self._refer_when_confirmed = target
+
     def media_silence_s(self, now: float) -> float:
         """Seconds since the last RTP packet arrived; 0 while on hold or before media."""
         if not self.confirmed or self._held or self._audio_index < 0 or self.gone:
@@ -179,11 +196,15 @@ class SipCall(pj.Call):
             if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
                 self.confirmed = True
                 self._rx_changed_at = time.monotonic()
+                if self._refer_when_confirmed is not None:
+                    target, self._refer_when_confirmed = self._refer_when_confirmed, None
+                    self._refer(target)
             elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.gone:
                 self.gone = True
                 reason = self._end_reason or (EndReason.HANGUP if self.confirmed else EndReason.CANCEL)
                 log.info("SIP call %s ended: %s (%s %s)", self.offer.call_id, reason.value,
                          info.lastStatusCode, info.lastReason)
+                self._transfer_over(0, "the call ended before the transfer completed")
                 if self.events is not None:
                     self.events.ended(reason)
                 self._on_gone(self)
@@ -204,6 +225,25 @@ class SipCall(pj.Call):
         except Exception:
             log.exception("onCallMediaState failed")
 
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
+        try:
+            report = self._on_transfer
+            if prm.finalNotify:
+                self._on_transfer = None
+            if report is not None:
+                report(prm.statusCode, prm.reason, prm.finalNotify)
+        except Exception:
+            log.exception("onCallTransferStatus failed")
+
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
+        # A REFER from the caller: pjsua2 would accept it and place a call to wherever it
+        # points, on this same Call object. Hearsay places no calls: refuse it.
+        try:
+            prm.statusCode = 603
+            log.info("SIP call %s: refused the caller's REFER to %s", self.offer.call_id, prm.dstUri)
+        except Exception:
+            log.exception("onCallTransferRequest failed")
+
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
         try:
             if self.events is not None and prm.digit:
@@ -212,6 +252,20 @@ class SipCall(pj.Call):
             log.exception("onDtmfDigit failed")
 
     # -- internals --------------------------------------------------------------------------
+
+    def _refer(self, target: str) -> None:
+        try:
+            # In angle brackets, so URI parameters stay the URI's, not the Refer-To header's.
+            self.xfer(f"<{target}>", pj.CallOpParam(True))
+        except pj.Error as exc:
+            log.warning("SIP call %s: REFER to %s not sent: %s", self.offer.call_id, target, exc.info())
+            self._transfer_over(0, f"the REFER could not be sent: {exc.reason}")
+
+    def _transfer_over(self, code: int, reason: str) -> None:
+        report, self._on_transfer = self._on_transfer, None
+        self._refer_when_confirmed = None
+        if report is not None:
+            report(code, reason, True)
 
     def _connect_media(self, index: int, slot: int) -> None:
         # Called again with the new slot when a re-INVITE recreates the stream (hold/resume).

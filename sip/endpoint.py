@@ -10,6 +10,7 @@ and it only hands frames over or takes them from a thread-safe queue.
     SipEndpoint(settings, screen, admit).start()   # blocking: raises SipStartError
     endpoint.call_soon(fn)                          # any thread: run fn on the SIP thread
     endpoint.answer(serial, 200) / endpoint.hang_up(serial, reason)
+    endpoint.transfer(serial, target, report)       # REFER; BYE once the NOTIFY says 2xx
     endpoint.stop()                                 # blocking: hangs up, destroys the library
 
 Shutdown hangs up every call and waits (briefly) for each to disconnect, unregisters the
@@ -41,6 +42,7 @@ from sip.account import (
     registration_config,
 )
 from sip.call import CallEvents, SipCall
+from sip.media import TransferReport
 from sip.screen import Offer, Screen, Verdict, address_uri, header, request_user, source_ip
 
 log = logging.getLogger("hearsay.sip")
@@ -151,6 +153,14 @@ class SipEndpoint:
     def hang_up(self, serial: int, reason: EndReason) -> None:
         """End a call from our side; its `CallEvents.ended` reports `reason`."""
         self.call_soon(lambda: self._hang_up(serial, reason))
+
+    def transfer(self, serial: int, target: str, report: TransferReport) -> None:
+        """Ask the caller to move the call to `target` (a SIP URI) with a REFER. `report(code,
+        reason, final)` runs on the SIP thread (so it must only hand over): (100, "Accepted")
+        when the REFER got its 2xx, then each NOTIFY's status; a final one ends it. One that
+        could not be sent is reported as (0, why, True). Once the caller's side reports 2xx
+        (the target answered), the call is hung up (BYE) and ends as `TRANSFERRED`."""
+        self.call_soon(lambda: self._transfer(serial, target, report))
 
     # -- the SIP thread ---------------------------------------------------------------------
 
@@ -283,6 +293,22 @@ class SipEndpoint:
         call = self._calls.get(serial)
         if call is not None:
             call.hang_up(reason, code=0 if call.confirmed else 480)
+
+    def _transfer(self, serial: int, target: str, report: TransferReport) -> None:
+        call = self._calls.get(serial)
+        if call is None or call.gone:
+            report(0, "the call is over", True)
+            return
+
+        def status(code: int, reason: str, final: bool) -> None:
+            report(code, reason, final)
+            if code // 100 == 2:
+                # Hang up once this callback has returned, so the NOTIFY's own 200 goes out
+                # before our BYE.
+                log.info("SIP call %s transferred to %s (%d %s)", call.offer.call_id, target, code, reason)
+                self.call_soon(lambda: self._hang_up(serial, EndReason.TRANSFERRED))
+
+        call.transfer(target, status)
 
     def _gone(self, call: SipCall) -> None:
         self._calls.pop(call.serial, None)

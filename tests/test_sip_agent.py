@@ -6,7 +6,8 @@ aiohttp webhook consumer checks signatures and keeps the events. sipp dials in a
 speech clip as G.711 mu-law; the consumer must receive call.started (with the SIP Call-ID,
 From, To), the right words in utterance.final, the digits pressed, and call.ended. The other
 way, a sipp caller whose SDP points at an `RtpListener` takes the speech `call.media.play()`
-sends: the engine must hear the clip's words in the RTP, paced at 20 ms a packet.
+sends: the engine must hear the clip's words in the RTP, paced at 20 ms a packet. A sipp caller
+that takes (or declines) a REFER checks `call.media.transfer()`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import statistics
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +37,7 @@ from app.pipeline.engine import SpeechEngine
 from app.pipeline.types import AudioFormat, Encoding, Transcript
 from app.server import create_app
 from app.settings import Settings
-from sip.media import SipMedia
+from sip.media import SipMedia, TransferFailed, TransferReport, check_sip_uri
 from tests.sip_helpers import (
     RtpListener,
     RtpPacket,
@@ -148,15 +150,16 @@ QUIET_CALLER = {"rtp_timeout_s": 60}
 
 
 @contextlib.asynccontextmanager
-async def listening_call(settings: Settings, engine: Any, consumer: WebhookConsumer, tmp_path: Path
+async def listening_call(settings: Settings, engine: Any, consumer: WebhookConsumer, tmp_path: Path,
+                         scenario: str = "uac_listen.xml",
                          ) -> AsyncIterator[tuple[Call, RtpListener, asyncio.Task[SippResult]]]:
-    """The service, a sipp caller (uac_listen.xml) whose RTP goes to an `RtpListener`, and
-    the hub's call for it (playing before the media is up only queues)."""
+    """The service, a sipp caller (`scenario`; uac_listen.xml sends its RTP to an
+    `RtpListener`), and the hub's call for it (playing before the media is up only queues)."""
     server = TestServer(create_app(settings, engine=engine), host="127.0.0.1")
     await server.start_server()
     with RtpListener() as ear:
         caller = asyncio.create_task(run_sipp_async(
-            "uac_listen.xml", settings.sip.port, "100", tmp_path, extra=("-key", "rtp_port", str(ear.port))))
+            scenario, settings.sip.port, "100", tmp_path, extra=("-key", "rtp_port", str(ear.port))))
         try:
             async with asyncio.timeout(WAIT_S):
                 (started,) = await consumer.wait_for(lambda c: c.of_type("call.started"))
@@ -316,7 +319,7 @@ async def test_sip_media_reports_frames_taken_in_few_hand_overs() -> None:
         posts.append(fn)
         loop.call_soon_threadsafe(fn)
 
-    media = SipMedia(post, hung_up.append, lambda: closed.append(True))
+    media = SipMedia(post, hung_up.append, lambda: closed.append(True), lambda target, report: None)
     first = media.play(b"\x00\x01" * 8000, 8000)  # 1 s: 50 frames
     second = media.play(b"\x00\x01" * 1600, 8000)  # 0.2 s: 10 frames
     # Taken on another thread, as pjsua2's media clock does (there, one every 20 ms).
@@ -336,3 +339,143 @@ async def test_sip_media_reports_frames_taken_in_few_hand_overs() -> None:
     assert closed == [True] and media.frames.take() is None
     with pytest.raises(MediaUnsupported):
         media.play(b"\x00\x01" * 160, 8000)
+
+
+# -- call.media.transfer(): REFER -------------------------------------------------------------
+
+TARGET = "sip:200@pbx.example.com;transport=tcp"
+
+
+def refer_to(result: SippResult) -> list[str]:
+    """The Refer-To of each REFER the sipp caller received (uac_transfer*.xml log them)."""
+    return [line.removeprefix("refer-to").strip() for line in result.log.splitlines()
+            if line.startswith("refer-to")]
+
+
+async def test_transfer_refers_the_caller_and_hangs_up_once_the_target_answered(
+    engine: Any, consumer: WebhookConsumer, tmp_path: Path
+) -> None:
+    settings = sip_app_settings(tmp_path, consumer, **QUIET_CALLER)
+    async with listening_call(settings, engine, consumer, tmp_path, "uac_transfer.xml") as (call, _, caller):
+        # Asked at once, maybe before the caller's ACK: the REFER then waits for it.
+        async with asyncio.timeout(WAIT_S):
+            await call.media.transfer(TARGET)  # returns on the NOTIFY's "SIP/2.0 200 OK"
+            await call.wait_ended()
+            result = await caller
+            (ended,) = await consumer.wait_for(lambda c: c.of_type("call.ended"))
+        # The caller got one REFER for the target (in <>, so ;transport=tcp stays the URI's),
+        # answered 202, sent its NOTIFY, got the NOTIFY's 200 and then our BYE.
+        assert result.returncode == 0, result.output
+        assert refer_to(result) == [f"<{TARGET}>"]
+        assert call.end_reason is EndReason.TRANSFERRED
+        assert ended["reason"] == "transferred"
+        with pytest.raises(MediaUnsupported):
+            await call.media.transfer(TARGET)
+
+
+async def test_a_declined_transfer_raises_and_the_call_goes_on(
+    engine: Any, consumer: WebhookConsumer, tmp_path: Path
+) -> None:
+    settings = sip_app_settings(tmp_path, consumer, **QUIET_CALLER)
+    async with listening_call(settings, engine, consumer, tmp_path, "uac_transfer_refused.xml"
+                              ) as (call, _, caller):
+        with pytest.raises(ValueError, match="SIP URI"):
+            await call.media.transfer("tel:+15550100")  # refused here: no REFER goes out
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(TransferFailed, match="603 Decline") as failed:
+                await call.media.transfer(TARGET)
+        assert failed.value.code == 603
+        # Still up: what plays still goes out, and only our hangup ends the call.
+        async with asyncio.timeout(WAIT_S):
+            assert await call.media.play(b"\x00\x01" * 1600, 8000).wait() is PlaybackState.FINISHED
+        assert call.end_reason is None
+        await call.media.hangup()
+        async with asyncio.timeout(WAIT_S):
+            await call.wait_ended()
+            result = await caller
+        assert result.returncode == 0, result.output  # the caller got our BYE
+        assert refer_to(result) == [f"<{TARGET}>"]
+        assert call.end_reason is EndReason.AGENT_HANGUP
+
+
+@pytest.mark.parametrize("target", [
+    "sip:200@pbx.example.com", "sips:alice@[2001:db8::1]:5061", "SIP:pbx", "sip:200@10.0.0.2:5080;transport=tcp",
+    "sip:bob@example.com?Replaces=abc%40host",
+])
+def test_check_sip_uri_takes_sip_uris(target: str) -> None:
+    check_sip_uri(target)
+
+
+@pytest.mark.parametrize("target", [
+    "", "200", "tel:+15550100", "https://example.com", "sip:", "sip:200@", "<sip:200@pbx>",
+    "sip:200@pbx example", "sip:200@pbx\r\nX-Evil: 1", 'sip:"a"@pbx', "sip:200@-pbx",
+])
+def test_check_sip_uri_refuses_the_rest(target: str) -> None:
+    with pytest.raises(ValueError, match="SIP URI"):
+        check_sip_uri(target)
+
+
+class ReferPeer:
+    """The SIP thread's side of `SipMedia.transfer`, scripted: what each REFER is answered."""
+
+    def __init__(self, *statuses: tuple[int, str, bool]) -> None:
+        self.statuses = statuses
+        self.targets: list[str] = []
+        self.report: TransferReport | None = None
+
+    def transfer(self, target: str, report: TransferReport) -> None:
+        self.targets.append(target)
+        self.report = report
+        # As pjsua2's thread would, from another thread.
+        threading.Thread(target=lambda: [report(*s) for s in self.statuses]).start()
+
+
+def scripted_media(peer: ReferPeer) -> SipMedia:
+    loop = asyncio.get_running_loop()
+    return SipMedia(loop.call_soon_threadsafe, lambda reason: None, lambda: None, peer.transfer)
+
+
+async def test_sip_media_transfer_outcomes() -> None:
+    ok = ReferPeer((100, "Accepted", False), (100, "Trying", False), (200, "OK", True))
+    media = scripted_media(ok)
+    await media.transfer(TARGET)
+    assert ok.targets == [TARGET] and media.hung_up is EndReason.TRANSFERRED
+    # Accepted, then the target was busy: the call goes on and may try again.
+    busy = ReferPeer((100, "Accepted", False), (486, "Busy Here", True))
+    media = scripted_media(busy)
+    with pytest.raises(TransferFailed, match="failed: 486 Busy Here") as failed:
+        await media.transfer(TARGET)
+    assert failed.value.code == 486 and media.hung_up is None
+    with pytest.raises(TransferFailed, match="failed: 486"):
+        await media.transfer(TARGET)
+    assert len(busy.targets) == 2
+    unsent = ReferPeer((0, "the call is over", True))
+    with pytest.raises(TransferFailed, match="the call is over") as failed:
+        await scripted_media(unsent).transfer(TARGET)
+    assert failed.value.code is None
+
+
+async def test_sip_media_transfer_times_out_ends_and_refuses_a_second() -> None:
+    silent = ReferPeer()
+    media = scripted_media(silent)
+    with pytest.raises(TransferFailed, match="no answer to the REFER"):
+        await media.transfer(TARGET, answer_timeout_s=0.05)
+    # Accepted in time, then no outcome: the timeout is the result's, counted from then.
+    stuck = ReferPeer((100, "Accepted", False))
+    media = scripted_media(stuck)
+    started = time.monotonic()
+    with pytest.raises(TransferFailed, match="accepted, but no outcome came within 0.3 s"):
+        await media.transfer(TARGET, answer_timeout_s=0.1, result_timeout_s=0.3)
+    assert time.monotonic() - started >= 0.3
+    # One at a time; the call ending fails the one under way.
+    media = scripted_media(stuck)
+    first = asyncio.create_task(media.transfer(TARGET))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TransferFailed, match="already under way"):
+        await media.transfer("sip:300@pbx")
+    await media.aclose()
+    with pytest.raises(TransferFailed, match="the call ended"):
+        await first
+    assert stuck.targets == [TARGET, TARGET]
+    with pytest.raises(MediaUnsupported, match="the call is over"):
+        await media.transfer(TARGET)

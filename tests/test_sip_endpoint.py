@@ -51,6 +51,7 @@ class Recorder:
         self.digits: list[str] = []
         self.reason: str | None = None
         self.done = threading.Event()
+        self.transfer: list[tuple[int, str, bool]] = []  # what SipEndpoint.transfer reported
 
     def audio(self, pcm: bytes) -> None:
         self.pcm += pcm
@@ -68,14 +69,19 @@ class Recorder:
         except IndexError:
             return None
 
+    def transferred(self, code: int, reason: str, final: bool) -> None:
+        self.transfer.append((code, reason, final))
+
 
 class UserAgent:
     """A running SipEndpoint whose admitted calls are recorded (and answered unless told)."""
 
-    def __init__(self, settings: SipSettings, *, answer: bool = True, auth: DigestAuth | None = None) -> None:
+    def __init__(self, settings: SipSettings, *, answer: bool = True, auth: DigestAuth | None = None,
+                 transfer_to: str | None = None) -> None:
         self.settings = settings
         self.calls: list[Recorder] = []
         self._answer = answer
+        self._transfer_to = transfer_to
         screen = Screen(settings.allow_from, auth, self._route, settings.max_calls)
         self.endpoint = SipEndpoint(settings, screen, self._admit)
 
@@ -88,6 +94,8 @@ class UserAgent:
         self.calls.append(rec)
         if self._answer:
             self.endpoint.answer(serial, 200)
+        if self._transfer_to is not None:  # right after the 200, before the caller's ACK
+            self.endpoint.transfer(serial, self._transfer_to, rec.transferred)
         return rec
 
     @property
@@ -221,6 +229,28 @@ def test_cancel_before_answer_ends_the_call(start_ua, tmp_path: Path) -> None:
     (call,) = ua.calls
     assert call.done.wait(5)
     assert call.reason == "cancel"
+
+
+def test_transfer_asked_before_the_ack_refers_after_it_and_hangs_up(start_ua, tmp_path: Path) -> None:
+    ua = start_ua(transfer_to="sip:200@pbx.example.com")
+    result = run_sipp("uac_transfer.xml", ua.port, "100", tmp_path)
+    assert result.returncode == 0, result.output  # REFER, 202, NOTIFY 200 answered, our BYE
+    assert "refer-to <sip:200@pbx.example.com>" in " ".join(result.log.split())
+    (call,) = ua.calls
+    assert call.done.wait(5)
+    assert call.transfer == [(100, "Accepted", False), (200, "OK", True)]
+    assert call.reason == "transferred"
+
+
+def test_a_callers_refer_is_declined(start_ua, tmp_path: Path) -> None:
+    # pjsua2 would accept it (202) and place a call to its Refer-To on the same Call object.
+    ua = start_ua()
+    result = run_sipp("uac_refer.xml", ua.port, "100", tmp_path, pause_ms=0)
+    assert result.returncode == 0, result.output
+    assert "refer answered 603" in result.log
+    (call,) = ua.calls
+    assert call.done.wait(5)
+    assert call.reason == "hangup"  # the caller's BYE; nothing else happened to the call
 
 
 def test_rtp_timeout_hangs_up(start_ua, tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ class EndReason(StrEnum):
     MESSAGE_TOO_LARGE = "message_too_large"  # /v1/stream: a message over the limit
     SESSION_TOO_LONG = "session_too_long"  # /v1/stream: more audio than `[stream] max_session_s`
     AGENT_HANGUP = "agent_hangup"  # Hearsay hung up, as the assistant asked
+    TRANSFERRED = "transferred"  # SIP: the caller was moved elsewhere (REFER), as the assistant asked
     SHUTDOWN = "shutdown"  # the service is stopping
 
 

@@ -8,6 +8,7 @@ Every ingress gives its calls one `CallMedia` (passed to `CallHub.start(..., med
     playback.frames, playback.frames_played  # what was queued, what actually went out
     call.media.clear()                       # barge-in: stop now, drop the queue
     await call.media.hangup()                # end the call from our side
+    await call.media.transfer("sip:200@pbx")  # SIP REFER; MediaUnsupported elsewhere
 
 Implementations: Twilio sends `media` messages on a 20 ms clock (`PacedPlayer` below) and a
 `mark` after each playback, which Twilio echoes once the caller has heard it; SIP hands frames
@@ -107,6 +108,11 @@ class CallMedia(Protocol):
         """End the call from our side; the call then ends with `reason`."""
         ...
 
+    async def transfer(self, target: str) -> None:
+        """Ask the caller's side to move the call to `target` (SIP: REFER); raises
+        MediaUnsupported where the source cannot (Twilio moves calls through its REST API)."""
+        ...
+
     async def aclose(self) -> None:
         """The call is over: stop sending; whatever is queued is interrupted."""
         ...
@@ -126,6 +132,9 @@ class NoMedia:
         return []
 
     async def hangup(self, reason: EndReason = EndReason.AGENT_HANGUP) -> None:
+        raise MediaUnsupported(self._why)
+
+    async def transfer(self, target: str) -> None:
         raise MediaUnsupported(self._why)
 
     async def aclose(self) -> None:
