@@ -2,8 +2,9 @@
 FROM python:3.11-slim
 
 WORKDIR /srv/hearsay
-# libgomp for CTranslate2; nothing else is needed at run time (models come from PyPI packages).
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 make \
+# libgomp for CTranslate2; espeak-ng for talk-back's fallback voice. Models and the default voice
+# come from PyPI packages.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 espeak-ng make \
     && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml README.md ./

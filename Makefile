@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests use as real peers (sipp as the SIP caller, sipvicious for scans,
-# nodejs runs the Node.js signature-check snippet of docs/webhooks.md).
-TEST_DEBS := sip-tester sipvicious sox nodejs
+# nodejs runs the Node.js signature-check snippet of docs/webhooks.md, espeak-ng is the
+# "espeak" talk-back voice; `make run` works without it, docs/voices.md).
+TEST_DEBS := sip-tester sipvicious sox nodejs espeak-ng
 
 .PHONY: run test install install-test debs lint clean
 
@@ -36,7 +37,7 @@ debs:
 	fi
 
 lint: install-test
-	$(VENV)/bin/ruff check app sip tests
+	$(VENV)/bin/ruff check app sip tests examples
 	$(VENV)/bin/mypy
 
 test: debs install-test lint

@@ -14,6 +14,10 @@ A dialplan file looks like this (the keys users rely on are listed in docs/archi
     model = "mini"
     interim_results = false          # also POST utterance.partial events
     agent_track = false              # Twilio only: also transcribe the outbound track as "agent"
+    [talkback]
+    greeting = "Hello, how can I help?"   # spoken when the call is answered (or:)
+    greeting_play = "welcome.wav"         # played when the call is answered (URL or media_dir file)
+    voice = "joe"                         # the voice of `say` (default: [talkback] voice)
 
 `Dialplans.load(directory)` reads every `*.toml` in file-name order and validates it here, at
 the edge: an unknown key, a missing table or a value of the wrong type raises
@@ -58,6 +62,18 @@ class Dialplan:
     model: str = "mini"
     interim_results: bool = False
     transcribe_agent: bool = False
+    greeting: str = ""
+    greeting_play: str = ""
+    voice: str = ""
+
+    def greeting_actions(self) -> dict[str, list[dict[str, str]]] | None:
+        """The greeting as an answer body (`{"actions": [...]}`), or None when there is none."""
+        actions: list[dict[str, str]] = []
+        if self.greeting_play:
+            actions.append({"play": self.greeting_play})
+        if self.greeting:
+            actions.append({"say": self.greeting, **({"voice": self.voice} if self.voice else {})})
+        return {"actions": actions} if actions else None
 
     def matches(self, source: str, key: str) -> bool:
         """Whether a call from `source` with routing `key` matches one of this route's globs."""
@@ -127,6 +143,7 @@ _TABLES: dict[str, frozenset[str]] = {
     "match": frozenset(MATCH_KEYS),
     "webhook": frozenset({"url", "secret"}),
     "recognition": frozenset({"language", "model", "interim_results", "agent_track"}),
+    "talkback": frozenset({"greeting", "greeting_play", "voice"}),
 }
 
 
@@ -163,6 +180,7 @@ def parse(raw: Mapping[str, Any], path: Path, *, language: str = "en", model: st
     if not isinstance(name, str) or not name.strip():
         raise DialplanError(f"{path}: name: expected a non-empty string, got {name!r}")
     match, webhook, recognition = tables["match"], tables["webhook"], tables["recognition"]
+    talkback = tables["talkback"]
     url = _string(webhook, "url", "", path, "webhook")
     if url and not url.startswith(("http://", "https://")):
         raise DialplanError(f"{path}: webhook.url: expected an http:// or https:// URL, got {url!r}")
@@ -176,6 +194,9 @@ def parse(raw: Mapping[str, Any], path: Path, *, language: str = "en", model: st
         model=_string(recognition, "model", model, path, "recognition"),
         interim_results=_bool(recognition, "interim_results", path),
         transcribe_agent=_bool(recognition, "agent_track", path),
+        greeting=_string(talkback, "greeting", "", path, "talkback"),
+        greeting_play=_string(talkback, "greeting_play", "", path, "talkback"),
+        voice=_string(talkback, "voice", "", path, "talkback"),
     )
     if not plan.language:
         raise DialplanError(f"{path}: recognition.language: must not be empty")

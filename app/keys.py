@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from app.metrics import Metrics
     from app.pipeline import SpeechEngine
     from app.settings import Settings
+    from app.talkback.service import Talkback
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
@@ -30,5 +31,6 @@ HTTP_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_session")
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 DELIVERER: web.AppKey[Deliverer] = web.AppKey("deliverer")
 CALL_HUB: web.AppKey[CallHub] = web.AppKey("call_hub")
+TALKBACK: web.AppKey[Talkback] = web.AppKey("talkback")  # the assistant's answers spoken into calls
 # name -> check(); each returns {"status": "ok" | "failed" | ..., ...details} for /health.
 HEALTH_CHECKS: web.AppKey[dict[str, Callable[[], dict[str, Any]]]] = web.AppKey("health_checks")

@@ -11,6 +11,9 @@ in order (shutdown closes in reverse):
                 live set (`hub.dialplans`, replaced by SIGHUP); closing the hub ends every
                 live call, so in-flight utterances are finalised and their events reach the
                 outbox before the Deliverer stops
+    ingress     each source's own context (the SIP user agent)
+    talkback    the text-to-speech voice and the media fetcher; a CallTalk per call, fed by the
+                Deliverer's webhook answers and POST /v1/calls/{id}/actions (app.talkback)
 
 `on_shutdown` also closes the hub, so WebSocket handlers see their calls end (and send their
 final results) while the server is still draining connections.
@@ -31,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from app.calls import CallHub
+from app.delivery.events import WebhookEvent
 from app.delivery.outbox import Outbox
 from app.delivery.worker import Deliverer, DeliveryResult
 from app.dialplans import DialplanError, Dialplans
@@ -45,9 +49,11 @@ from app.keys import (
     METRICS,
     OUTBOX,
     SETTINGS,
+    TALKBACK,
 )
 from app.metrics import CONTENT_TYPE, Metrics
 from app.settings import Settings
+from app.talkback import service as talkback
 from sip import agent as sip_agent
 
 if TYPE_CHECKING:
@@ -84,6 +90,7 @@ def create_app(settings: Settings, *, engine: SpeechEngine | None = None) -> web
     app.router.add_get("/metrics", metrics)
     for setup in INGRESS:
         setup(app)
+    talkback.setup(app)  # after the hub (and SIP): it attaches to every call the hub starts
     return app
 
 
@@ -133,7 +140,13 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     def count_delivery(result: DeliveryResult) -> None:
         metrics.webhook_deliveries.labels(result.outcome.value).inc()
 
-    deliverer = Deliverer(outbox, app[HTTP_SESSION], settings.webhooks, on_result=count_delivery)
+    def hand_over_answer(event: WebhookEvent, body: Any) -> None:
+        talk = app.get(TALKBACK)  # absent until talk-back has started, and after it stopped
+        if talk is not None:
+            talk.answer(event, body)
+
+    deliverer = Deliverer(outbox, app[HTTP_SESSION], settings.webhooks, on_result=count_delivery,
+                          on_answer=hand_over_answer)
     app[DELIVERER] = deliverer
     await deliverer.start()
     try:
@@ -148,7 +161,8 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     plans = await asyncio.get_running_loop().run_in_executor(None, load_dialplans, settings)
     log.info("dialplans loaded from %s: %s", settings.dialplans.dir,
              ", ".join(p.name for p in plans) or "(none)")
-    hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS])
+    hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS],
+                  echo_margin_db=settings.talkback.echo_margin_db)
     app[CALL_HUB] = hub
     yield
     await hub.close()

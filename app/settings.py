@@ -139,6 +139,19 @@ class SipSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TalkbackSettings:
+    voice: str = "joe"
+    preload_voice: bool = True
+    cache_entries: int = 256
+    media_dir: str = "media"
+    allow_private_urls: bool = False
+    fetch_timeout_s: float = 10.0
+    max_fetch_bytes: int = 10_485_760
+    bargein_min_speech_ms: int = 200
+    echo_margin_db: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """All of Hearsay's settings, one attribute per `settings.toml` section."""
 
@@ -152,6 +165,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     sip: SipSettings = field(default_factory=SipSettings)
+    talkback: TalkbackSettings = field(default_factory=TalkbackSettings)
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -69,6 +69,8 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
                                         backoff_initial_s=0.1, backoff_max_s=0.5),
         "dialplans": dataclasses.replace(base.dialplans, dir=str(dialplans)),
         "sip": dataclasses.replace(base.sip, enabled=False),
+        # The voice loads on the first `say` (a test that never speaks does not pay for it).
+        "talkback": dataclasses.replace(base.talkback, preload_voice=False),
         "http": dataclasses.replace(base.http, host="127.0.0.1", port=0),
     }
     for section, values in sections.items():
@@ -117,3 +119,19 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, wait_s: float = 30.0
     assert msg.type is aiohttp.WSMsgType.TEXT, msg
     result: dict[str, Any] = json.loads(msg.data)
     return result
+
+
+def heard_by_caller(result: Any) -> bytes:
+    """The μ-law audio a Twilio simulator call (`SimResult`) received from the server, in order."""
+    return b"".join(m.payload for m in result.received if type(m).__name__ == "OutboundMedia")
+
+
+async def transcribe_mulaw(engine: Any, mulaw: bytes) -> str:
+    """What the engine hears in 8 kHz μ-law audio: the finals' text, joined."""
+    from app.pipeline.types import AudioFormat, Encoding, Transcript
+
+    stream = engine.stream(AudioFormat(Encoding.MULAW, 8000))
+    for i in range(0, len(mulaw), 1600):
+        await stream.feed(mulaw[i:i + 1600])
+    await stream.finish()
+    return " ".join([r.text async for r in stream.results() if isinstance(r, Transcript) and r.is_final])

@@ -1,28 +1,33 @@
-"""Shared pieces for the SIP tests: free ports, clips as sipp streams them, running sipp, and
-an RTP listener that hears what Hearsay plays into a call.
+"""Shared pieces for the SIP tests: free ports, SIP settings, clips as sipp streams them,
+running sipp, and an RTP listener that hears what Hearsay plays into a call. (A caller that
+talks and listens on sipp's own media socket is heard with app/bench/talkback.py's
+`LoopbackTap` instead.)
 
-Not a test module itself; used by test_sip_endpoint, test_sip_agent and the SIP benchmark.
+Not a test module itself; used by test_sip_endpoint, test_sip_agent and test_talkback_sip.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
-import struct
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import soundfile
 
 from app.bench.common import SPEECH_DIR as SPEECH
+from app.bench.talkback import RtpPacket, parse_rtp
 from app.pipeline.decode import decode_pcm16, encode
 from app.pipeline.resample import resample_whole
 from app.pipeline.types import Encoding
+from app.settings import Settings
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 
@@ -60,6 +65,14 @@ def free_port_range(count: int) -> int:
         finally:
             for s in sockets:
                 s.close()
+
+
+def enable_sip(settings: Settings, **sip: Any) -> Settings:
+    """`settings` with the SIP user agent on, on 127.0.0.1 at a free port with free RTP ports
+    (high, random: tests may run beside each other), plus `sip` overrides."""
+    return dataclasses.replace(settings, sip=dataclasses.replace(
+        settings.sip, enabled=True, host="127.0.0.1", port=free_port(),
+        rtp_port_start=free_port_range(40), rtp_port_count=40, **sip))
 
 
 def clip_ulaw(name: str, directory: Path, *, tail_s: float = 0.0) -> bytes:
@@ -115,9 +128,12 @@ class SippResult:
 
 
 def sipp_args(scenario: str, port: int, user: str, *, pause_ms: int = 1000, calls: int = 1,
-              rate: float = 10.0, extra: tuple[str, ...] = (), log_file: Path | None = None) -> list[str]:
+              rate: float = 10.0, extra: tuple[str, ...] = (), log_file: Path | None = None,
+              media_port: int | None = None) -> list[str]:
+    """sipp's command line; `media_port` is its media socket's (-mp: where rtp_stream sends
+    from), a free one by default."""
     local = free_port()
-    media = free_port_range(8)
+    media = free_port_range(8) if media_port is None else media_port
     args = ["sipp", f"127.0.0.1:{port}", "-sf", str(SIPP_DIR / scenario), "-s", user,
             "-m", str(calls), "-l", str(calls), "-r", str(rate), "-d", str(pause_ms),
             "-i", "127.0.0.1", "-p", str(local), "-mp", str(media), "-nostdin",
@@ -145,15 +161,6 @@ async def run_sipp_async(scenario: str, port: int, user: str, cwd: Path, **kwarg
     out, _ = await asyncio.wait_for(proc.communicate(), 150)
     log = log_file.read_text() if log_file.exists() else ""
     return SippResult(proc.returncode or 0, out.decode(errors="replace")[-6000:], log)
-
-
-@dataclass(frozen=True, slots=True)
-class RtpPacket:
-    at: float  # time.monotonic() when it arrived
-    seq: int
-    timestamp: int
-    payload_type: int
-    payload: bytes
 
 
 class RtpListener:
@@ -208,21 +215,7 @@ class RtpListener:
                 continue
             except OSError:
                 return
-            packet = _parse_rtp(data, time.monotonic())
+            packet = parse_rtp(data, time.monotonic())
             if packet is not None:
                 with self._lock:
                     self.packets.append(packet)
-
-
-def _parse_rtp(data: bytes, at: float) -> RtpPacket | None:
-    if len(data) < 12 or data[0] >> 6 != 2:
-        return None
-    csrcs, extension = data[0] & 0x0F, data[0] & 0x10
-    payload_type = data[1] & 0x7F
-    seq, timestamp = struct.unpack_from("!HI", data, 2)
-    start = 12 + 4 * csrcs
-    if extension:
-        (words,) = struct.unpack_from("!H", data, start + 2)
-        start += 4 + 4 * words
-    end = len(data) - (data[-1] if data[0] & 0x20 else 0)  # padding
-    return RtpPacket(at, seq, timestamp, payload_type, data[start:end])

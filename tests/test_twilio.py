@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from service_helpers import SECRET, StartApp, make_settings, until
+from service_helpers import SECRET, StartApp, heard_by_caller, make_settings, transcribe_mulaw, until
 from speech import clip_path, reference, wer
 from twilio.request_validator import RequestValidator
 
@@ -298,22 +298,6 @@ def _pcm16k(name: str) -> bytes:
     return samples.tobytes()
 
 
-def _heard_by_caller(result: SimResult) -> bytes:
-    """The μ-law audio the server sent into the call, in order."""
-    return b"".join(m.payload for m in result.received if type(m).__name__ == "OutboundMedia")
-
-
-async def _transcribe_mulaw(engine: Any, mulaw: bytes) -> str:
-    from app.pipeline.types import AudioFormat, Transcript
-
-    stream = engine.stream(AudioFormat(Encoding.MULAW, 8000))
-    for i in range(0, len(mulaw), 1600):
-        await stream.feed(mulaw[i:i + 1600])
-    await stream.finish()
-    return " ".join([r.text async for r in stream.results() if isinstance(r, Transcript) and r.is_final])
-
-
-@pytest.mark.realtime
 async def test_audio_played_into_the_call_is_heard_and_its_mark_comes_back(
     engine: Any, hearsay: RunningApp, consumer: WebhookConsumer
 ) -> None:
@@ -338,7 +322,7 @@ async def test_audio_played_into_the_call_is_heard_and_its_mark_comes_back(
     kinds = [type(m).__name__ for m in result.received]
     assert kinds[-1] == "OutboundMark" and set(kinds[:-1]) == {"OutboundMedia"}
     assert result.marks_echoed == [result.received[-1].name]  # type: ignore[union-attr]
-    heard = await _transcribe_mulaw(engine, _heard_by_caller(result))
+    heard = await transcribe_mulaw(engine, heard_by_caller(result))
     assert wer(reference("arctic-aew-a0003"), heard) <= 2 / 11, heard  # 0 wrong
     await consumer.wait(call_sid)
 

@@ -11,6 +11,7 @@ BENCHMARKS = {
     "stream": "app.bench.stream",
     "twilio": "app.bench.twilio",
     "sip": "app.bench.sip",
+    "talkback": "app.bench.talkback",
 }
 
 

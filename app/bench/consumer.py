@@ -14,7 +14,8 @@ in `received` whatever it is answered; only those answered 2xx also go to `event
 Knobs, for playing an assistant that misbehaves:
 - `status` is the answer to every event, or `answer(event)` picks one per event (503 plays a
   consumer that is down, 410 one that wants no more of the call);
-- `reply` is the JSON body sent with 2xx answers (None: an empty body, which is no answer);
+- `reply` is the JSON body sent with 2xx answers (None: an empty body, which is no answer),
+  or `reply_to(event)` picks one per event (an assistant answering with talk-back actions);
 - `hold(call_id)` keeps that call's requests waiting until the returned event is set (a slow
   consumer, or one that times out);
 - `stop()` then `start()` takes it down and brings it back on the same port.
@@ -65,6 +66,7 @@ class WebhookConsumer:
         self.status = 200
         self.answer: Callable[[dict[str, Any]], int] | None = None
         self.reply: Any = None
+        self.reply_to: Callable[[dict[str, Any]], Any] | None = None
         self.received: list[Delivery] = []  # every signed POST, in arrival order
         self.events: list[dict[str, Any]] = []  # the events answered 2xx, in arrival order
         self.rejected = 0  # POSTs with a bad signature or event id
@@ -159,8 +161,9 @@ class WebhookConsumer:
             if self._on_event is not None:
                 self._on_event(event, arrived)
         await self._notify()
-        if 200 <= status < 300 and self.reply is not None:
-            return web.json_response(self.reply, status=status)
+        reply = self.reply_to(event) if self.reply_to is not None else self.reply
+        if 200 <= status < 300 and reply is not None:
+            return web.json_response(reply, status=status)
         return web.Response(status=status)
 
     async def _notify(self) -> None:

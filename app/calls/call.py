@@ -24,13 +24,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from app.calls.clock import ArrivalClock
+from app.calls.echo import EchoGate, OutboundTap
 from app.calls.info import CallInfo, EndReason, Track
 from app.calls.media import CallMedia, NoMedia
 from app.calls.writer import EventWriter
 from app.delivery.events import Utterance
 from app.logs import bind_call
 from app.metrics import Metrics
+from app.pipeline.decode import decode, encode
 from app.pipeline.types import SpeechEvent, Transcript
 
 if TYPE_CHECKING:
@@ -49,10 +53,12 @@ class Call:
 
     def __init__(self, info: CallInfo, streams: Mapping[Track, EngineStream], outbox: Outbox | None,
                  metrics: Metrics, on_closed: Callable[[Call], None],
-                 media: CallMedia | None = None) -> None:
+                 media: CallMedia | None = None, echo_margin_db: float = 10.0) -> None:
         self.info = info
         self.started_at = time.monotonic()
-        self.media: CallMedia = media if media is not None else NoMedia()
+        self.echo = EchoGate(echo_margin_db)
+        # What the call plays goes through the echo gate's tap (calls.echo).
+        self.media: CallMedia = OutboundTap(media if media is not None else NoMedia(), self.echo)
         self._streams = dict(streams)
         self._two_tracks = len(self._streams) > 1
         self._metrics = metrics
@@ -115,14 +121,14 @@ class Call:
         """Caller audio from a real-time source; never waits. False: dropped (engine behind).
         Raises StreamClosedError once the call is ending."""
         stream = self._streams[Track.CALLER]
-        ok = stream.push(payload)
+        ok = stream.push(self._unechoed(stream, payload))
         self._clock.mark(stream.duration_s)
         return ok
 
     async def feed(self, payload: bytes) -> None:
         """Caller audio from a source that can wait (waits while the engine's backlog is full)."""
         stream = self._streams[Track.CALLER]
-        await stream.feed(payload)
+        await stream.feed(self._unechoed(stream, payload))
         self._clock.mark(stream.duration_s)
 
     def push_agent(self, payload: bytes) -> bool:
@@ -216,6 +222,16 @@ class Call:
                     self._safely(on_end)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _unechoed(self, stream: EngineStream, payload: bytes) -> bytes:
+        """`payload`, or silence as long when it is only the echo of what we are playing."""
+        if not self.echo.armed or not payload:
+            return payload
+        encoding = stream.format.encoding
+        samples = decode(payload, encoding)
+        if not self.echo.is_echo(samples):
+            return payload
+        return encode(np.zeros(len(samples), np.float32), encoding)
 
     async def _consume(self, track: Track, stream: EngineStream) -> None:
         speaker = track.value if self._two_tracks else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.calls.call import Call
@@ -42,12 +43,14 @@ class CallHub:
     """
 
     def __init__(self, engine: SpeechEngine | None, dialplans: Dialplans, outbox: Outbox | None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, *, echo_margin_db: float = 10.0) -> None:
         self.engine = engine
         self.dialplans = dialplans
         self.outbox = outbox
         self.metrics = metrics or Metrics()
+        self.echo_margin_db = echo_margin_db
         self._calls: dict[str, Call] = {}
+        self._observers: list[Callable[[Call], None]] = []
         self._closing = False
 
     @property
@@ -59,6 +62,11 @@ class CallHub:
 
     def calls(self) -> list[Call]:
         return list(self._calls.values())
+
+    def observe(self, on_start: Callable[[Call], None]) -> None:
+        """Call `on_start(call)` for every call started from now on, after `call.started` is
+        queued (talk-back attaches itself this way). One that raises is logged and ignored."""
+        self._observers.append(on_start)
 
     async def start(self, info: CallInfo, audio: AudioFormat, *, language: str | None = None,
                     model: str | None = None, interim_results: bool = False,
@@ -94,7 +102,7 @@ class CallHub:
             for stream in streams.values():
                 await stream.aclose()
             raise _rejection(exc) from exc
-        call = Call(info, streams, self.outbox, self.metrics, self._closed, media)
+        call = Call(info, streams, self.outbox, self.metrics, self._closed, media, self.echo_margin_db)
         self._calls[info.id] = call
         self.metrics.calls.labels(info.source.value).inc()
         self.metrics.active_sessions.labels(info.source.value).inc()
@@ -102,6 +110,11 @@ class CallHub:
         with bind_call(info.id):
             log.info("call started: %s from %r to %r, dialplan %s", info.source.value, info.from_,
                      info.to, plan.name if plan else "-")
+            for on_start in list(self._observers):
+                try:
+                    on_start(call)
+                except Exception:
+                    log.exception("a call observer failed")
         return call
 
     async def close(self, reason: EndReason = EndReason.SHUTDOWN) -> None:

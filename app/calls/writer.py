@@ -66,6 +66,14 @@ class EventWriter:
         self._emit(lambda url, secret: events.call_ended(self._ref, utterances, duration_s=duration_s,
                                                          reason=reason, url=url, secret=secret))
 
+    def playback(self, state: str, details: Mapping[str, Any]) -> None:
+        """`playback.started|finished|interrupted`."""
+        self._emit(lambda url, secret: events.playback(self._ref, state, details, url=url, secret=secret))
+
+    def action_error(self, index: int, action: Any, message: str) -> None:
+        self._emit(lambda url, secret: events.action_error(self._ref, index, action, message,
+                                                           url=url, secret=secret))
+
     async def close(self) -> None:
         """Write everything queued, then stop the writer task."""
         self._pending.put_nowait(None)

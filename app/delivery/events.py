@@ -9,7 +9,9 @@ the signature and every retry use the same bytes and the same event id. Bodies:
      "utterance": {"index", "text", "start_s", "end_s", "confidence", "language",
                    "words"?: [{"text", "start_s", "end_s", "probability"}], "speaker"?}
      "dtmf": {"digit"}
-     "transcript": "full text", "utterances": [utterance...], "duration_s", "reason"}
+     "transcript": "full text", "utterances": [utterance...], "duration_s", "reason"
+     "playback": {"id", "action", "text"? | "source"?, "duration_s", "heard_s"}
+     "error": {"index", "action", "message"}}
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class EventType(StrEnum):
     UTTERANCE_FINAL = "utterance.final"
     DTMF = "dtmf"
     CALL_ENDED = "call.ended"
+    PLAYBACK_STARTED = "playback.started"
+    PLAYBACK_FINISHED = "playback.finished"
+    PLAYBACK_INTERRUPTED = "playback.interrupted"
+    ACTION_ERROR = "action.error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,23 @@ def call_ended(call: CallRef, utterances: Sequence[Utterance], *, duration_s: fl
         "duration_s": round(float(duration_s), 3),
         "reason": reason,
     })
+
+
+PLAYBACK_TYPES = {"started": EventType.PLAYBACK_STARTED, "finished": EventType.PLAYBACK_FINISHED,
+                  "interrupted": EventType.PLAYBACK_INTERRUPTED}
+
+
+def playback(call: CallRef, state: str, details: Mapping[str, Any], *, url: str, secret: str) -> WebhookEvent:
+    """`playback.started|finished|interrupted` (`state`): what talk-back played into the call;
+    `details` is the `playback` object (`id`, `action`, `text` or `source`, `duration_s`,
+    `heard_s`: how much of it went out to the caller)."""
+    return _build(PLAYBACK_TYPES[state], call, url, secret, {"playback": dict(details)})
+
+
+def action_error(call: CallRef, index: int, action: Any, message: str, *, url: str, secret: str) -> WebhookEvent:
+    """`action.error`: action `index` of an answer (`action`, as received) was not carried out."""
+    return _build(EventType.ACTION_ERROR, call, url, secret,
+                  {"error": {"index": index, "action": action, "message": message}})
 
 
 def utterance_json(transcript: Transcript, speaker: str | None = None) -> dict[str, Any]:

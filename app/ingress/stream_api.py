@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import secrets
@@ -31,6 +30,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from app.auth import authorized
 from app.calls import Call, CallInfo, CallRejected, CallSource, EndReason, NoMedia, Rejection
 from app.ingress import stream_protocol as proto
 from app.ingress.stream_protocol import ErrorCode, ProtocolError
@@ -71,17 +71,6 @@ async def _end_sessions(app: web.Application) -> None:
     for session in sessions:
         session.request_end(EndReason.SHUTDOWN)
     await asyncio.gather(*(s.done.wait() for s in sessions))
-
-
-def authorized(request: web.Request, api_keys: list[str]) -> bool:
-    """Whether the request carries one of `api_keys` (always true when none are set)."""
-    if not api_keys:
-        return True
-    offered = request.query.get("api_key", "")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        offered = token.strip()
-    return bool(offered) and any(hmac.compare_digest(offered.encode(), k.encode()) for k in api_keys)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

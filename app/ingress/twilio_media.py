@@ -29,7 +29,17 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from app.calls import Call, CallHub, CallInfo, CallRejected, CallSource, EndReason, Playback, PlaybackState
+from app.calls import (
+    Call,
+    CallHub,
+    CallInfo,
+    CallRejected,
+    CallSource,
+    EndReason,
+    MediaUnsupported,
+    Playback,
+    PlaybackState,
+)
 from app.calls.media import PacedPlayer
 from app.ingress.twilio_jitter import JitterBuffer
 from app.ingress.twilio_protocol import (
@@ -102,6 +112,10 @@ class TwilioMedia:
         if self._hangup is None:
             self._hangup = reason
             await self._ws.close(message=b"hangup")
+
+    async def transfer(self, target: str) -> None:
+        raise MediaUnsupported("a Twilio call is moved with Twilio's REST API (update the call's "
+                               "TwiML), not from the media stream")
 
     async def aclose(self) -> None:
         await self._player.aclose()

@@ -15,7 +15,8 @@ before them has "played" (in real time), and `clear` returns pending marks at on
 server closes the socket (a hang-up), the call is over: nothing more is sent.
 
 `SimCall.network` can damage the inbound media on its way (late, repeated and lost frames) to
-show that the server places audio by timestamp. The reusable core is
+show that the server places audio by timestamp, and `SimCall.echo_db` returns what the
+server plays on the inbound track, as a phone line's echo does. The reusable core is
 `stream_call(session, SimCall(...))`, used by the tests and by
 `python -m app bench twilio`; `read_wav_mulaw` and `post_voice_webhook` are its helpers.
 """
@@ -30,12 +31,14 @@ import random
 import secrets
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 from twilio.request_validator import RequestValidator
 
 from app.ingress.twilio_protocol import (
@@ -57,6 +60,8 @@ from app.ingress.twilio_protocol import (
     parse_outbound,
 )
 from app.ingress.twilio_twiml import VoiceAnswer, parse_answer
+from app.pipeline.decode import decode_pcm16, encode
+from app.pipeline.types import Encoding
 from app.sim.wav import read_wav_mulaw
 
 __all__ = ["NetworkFaults", "SimCall", "SimResult", "VoiceAnswer", "post_voice_webhook", "read_wav_mulaw",
@@ -123,6 +128,10 @@ class SimCall:
     before_start: Sequence[str] = ()
     inject: Mapping[int, Sequence[str]] = field(default_factory=dict)
     network: NetworkFaults | None = None  # a bad network between "Twilio" and the server
+    # The phone line's echo: what the server plays comes back on the inbound track, this many
+    # dB down and this much later (None: no echo). Needs speed 1: it is played out in time.
+    echo_db: float | None = None
+    echo_delay_ms: int = 120
     call_sid: str = field(default_factory=lambda: new_sid("CA"))
     stream_sid: str = field(default_factory=lambda: new_sid("MZ"))
     account_sid: str = "AC" + "0" * 32
@@ -172,31 +181,56 @@ class SimResult:
     audio_s: float = 0.0
     started_at: float = 0.0  # time.monotonic() when the first media frame was sent
     received: list[OutboundMessage] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)  # time.monotonic() of each in `received`
     bad_replies: list[str] = field(default_factory=list)
     marks_echoed: list[str] = field(default_factory=list)
     closed_by_server: bool = False  # the server hung up before the audio was all sent
 
 
 class _Playback:
-    """Twilio's playout of the server's audio: when each mark is due to come back."""
+    """Twilio's playout of the server's audio: when each mark is due to come back, and what
+    is playing now (for the line echo)."""
 
     def __init__(self) -> None:
         self._play_until = 0.0
         self.due: list[tuple[float, str]] = []
+        self._queued: deque[int] = deque()  # μ-law bytes waiting to be played, in order
 
     def add(self, message: OutboundMessage, now: float) -> None:
         if isinstance(message, OutboundMedia):
             self._play_until = max(self._play_until, now) + len(message.payload) / 8000
+            self._queued.extend(message.payload)
         elif isinstance(message, OutboundMark):
             self.due.append((max(self._play_until, now), message.name))
         elif isinstance(message, Clear):
             self._play_until = now
             self.due = [(now, name) for _, name in self.due]
+            self._queued.clear()
 
     def take_due(self, now: float) -> list[str]:
         ready = [name for at, name in self.due if at <= now]
         self.due = [(at, name) for at, name in self.due if at > now]
         return ready
+
+    def play_frame(self) -> bytes:
+        """The next 20 ms the caller hears (silence when nothing is queued)."""
+        count = min(FRAME_BYTES, len(self._queued))
+        frame = bytes(self._queued.popleft() for _ in range(count))
+        return frame + SILENCE_FRAME[count:]
+
+
+class _Echo:
+    """The line echo: frames heard by the caller come back `delay` frames later, `db` down."""
+
+    def __init__(self, db: float, delay_ms: int) -> None:
+        self._gain = 10 ** (-abs(db) / 20)
+        self._line: deque[bytes] = deque([SILENCE_FRAME] * max(0, delay_ms // FRAME_MS))
+
+    def mix(self, heard: bytes, inbound: bytes) -> bytes:
+        self._line.append(heard)
+        echo = decode_pcm16(self._line.popleft(), Encoding.MULAW).astype(np.float32) / 32768
+        caller = decode_pcm16(inbound, Encoding.MULAW).astype(np.float32) / 32768
+        return encode(np.clip(caller + echo * self._gain, -1, 1), Encoding.MULAW)
 
 
 async def stream_call(session: aiohttp.ClientSession, call: SimCall) -> SimResult:
@@ -231,6 +265,7 @@ async def _receive(ws: aiohttp.ClientWebSocketResponse, result: SimResult, playb
             result.bad_replies.append(str(exc))
             continue
         result.received.append(message)
+        result.received_at.append(time.monotonic())
         playback.add(message, time.monotonic())
 
 
@@ -258,6 +293,7 @@ async def _send(
     extra = len(call.dtmf) * DTMF_GAP_FRAMES + round(call.hold_s * 1000 / FRAME_MS)
     total = len(frames) + extra
     network = _Network(call.network)
+    echo = _Echo(call.echo_db, call.echo_delay_ms) if call.echo_db is not None else None
     loop = asyncio.get_running_loop()
     result.started_at = time.monotonic()
     t0 = loop.time()
@@ -276,6 +312,8 @@ async def _send(
             if key < len(call.dtmf):
                 await send(Dtmf(next_seq(), call.stream_sid, call.dtmf[key]))
         payload = frames[n] if n < len(frames) else SILENCE_FRAME
+        if echo is not None:
+            payload = echo.mix(playback.play_frame(), payload)
         network.put(n, encode_message(Media(next_seq(), call.stream_sid, "inbound", n + 1, n * FRAME_MS,
                                             payload)))
         for text in network.take(n):
@@ -317,10 +355,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="pacing: 1 = real time, 2 = twice as "
                         "fast, 0 = as fast as possible (default 1)")
     parser.add_argument("--dtmf", default="", help="keys to press after the audio, e.g. 12#")
+    parser.add_argument("--lead", type=float, default=0.0, help="seconds of silence before the audio "
+                        "(e.g. to hear a greeting first; default 0)")
     parser.add_argument("--hold", type=float, default=1.0, help="seconds of silence after the audio "
                         "before hanging up (default 1)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="extra <Parameter> for the stream's start message (repeatable)")
+    parser.add_argument("--heard", metavar="FILE.wav", help="write what the caller heard (the audio "
+                        "the server played into the call) to this WAV file (8 kHz, 16-bit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -332,9 +374,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.url and not args.voice_url:
         print("twilio-sim: give --url or --voice-url", file=sys.stderr)
         return 2
-    if args.speed < 0:
-        print("twilio-sim: --speed must not be negative", file=sys.stderr)
+    if args.speed < 0 or args.lead < 0 or args.hold < 0:
+        print("twilio-sim: --speed, --lead and --hold must not be negative", file=sys.stderr)
         return 2
+    audio = SILENCE_FRAME * round(args.lead * 1000 / FRAME_MS) + audio
     try:
         params = dict(p.split("=", 1) for p in args.param)
     except ValueError:
@@ -377,5 +420,19 @@ async def _main(args: argparse.Namespace, audio: bytes, params: dict[str, str]) 
         "received": {k: sum(type(m).__name__ == k for m in result.received)
                      for k in ("OutboundMedia", "OutboundMark", "Clear")},
     }
+    if args.heard:
+        heard = b"".join(m.payload for m in result.received if isinstance(m, OutboundMedia))
+        _write_wav(Path(args.heard), decode_pcm16(heard, Encoding.MULAW).astype("<i2").tobytes())
+        summary["heard"] = {"file": args.heard, "seconds": round(len(heard) / 8000, 2)}
     print(json.dumps(summary))
     return 0
+
+
+def _write_wav(path: Path, pcm: bytes) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(pcm)
