@@ -1,6 +1,6 @@
 """Shared pieces for the SIP tests: free ports, SIP settings, clips as sipp streams them,
 running sipp, and an RTP listener that hears what Hearsay plays into a call. (A caller that
-talks and listens on sipp's own media socket is heard with app/bench/talkback.py's
+talks and listens on sipp's own media socket is heard with app/bench/rtp.py's
 `LoopbackTap` instead.)
 
 Not a test module itself; used by test_sip_endpoint, test_sip_agent and test_talkback_sip.
@@ -23,7 +23,7 @@ import numpy as np
 import soundfile
 
 from app.bench.common import SPEECH_DIR as SPEECH
-from app.bench.talkback import RtpPacket, parse_rtp
+from app.bench.rtp import RtpPacket, parse_rtp
 from app.pipeline.decode import decode_pcm16, encode
 from app.pipeline.resample import resample_whole
 from app.pipeline.types import Encoding

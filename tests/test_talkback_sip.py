@@ -29,7 +29,8 @@ from service_helpers import SECRET, StartApp, make_settings, reference, transcri
 
 from app.bench.common import RunningApp
 from app.bench.consumer import WebhookConsumer
-from app.bench.talkback import LoopbackTap, RtpPacket, carries_sound, first_loud_s
+from app.bench.rtp import LoopbackTap, RtpPacket, carries_sound
+from app.bench.talkback import first_loud_s
 from app.keys import SETTINGS
 from tests.sip_helpers import RtpListener, SippResult, clip_ulaw, enable_sip, free_port_range, run_sipp_async
 
