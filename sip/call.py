@@ -48,11 +48,12 @@ class CallEvents(Protocol):
 
 
 class FrameTap(pj.AudioMediaPort):
-    """A conference-bridge sink that receives a call's audio as 8 kHz s16le 20 ms frames."""
+    """A conference-bridge sink that receives a call's audio as 8 kHz s16le 20 ms frames and
+    hands them to `events` (None: dropped). Reused from call to call (see `MediaPorts`)."""
 
-    def __init__(self, events: CallEvents) -> None:
+    def __init__(self, events: CallEvents | None = None) -> None:
         super().__init__()
-        self._events = events
+        self.events = events
         self.frames = 0
 
     def open(self, name: str) -> None:
@@ -62,9 +63,10 @@ class FrameTap(pj.AudioMediaPort):
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
         try:
-            if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
+            events = self.events
+            if events is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
                 self.frames += 1
-                self._events.audio(bytes(frame.buf))
+                events.audio(bytes(frame.buf))
         except Exception:
             log.exception("the media tap failed to hand over a frame")
 
@@ -72,11 +74,11 @@ class FrameTap(pj.AudioMediaPort):
 class FramePlayer(pj.AudioMediaPort):
     """A conference-bridge source that plays a call's outbound audio: every 20 ms the bridge
     asks for a frame and gets `next_frame()` (8 kHz s16le, FRAME_BYTES), or no frame when
-    there is nothing to say (the caller then hears silence)."""
+    there is nothing to say (the caller then hears silence). Reused from call to call."""
 
-    def __init__(self, next_frame: Callable[[], bytes | None]) -> None:
+    def __init__(self, next_frame: Callable[[], bytes | None] | None = None) -> None:
         super().__init__()
-        self._next_frame = next_frame
+        self.next_frame = next_frame
         self.frames = 0
 
     def open(self, name: str) -> None:
@@ -86,7 +88,8 @@ class FramePlayer(pj.AudioMediaPort):
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:
         try:
-            pcm = self._next_frame()
+            source = self.next_frame
+            pcm = source() if source is not None else None
             if pcm is None:
                 frame.type = pj.PJMEDIA_FRAME_TYPE_NONE
                 return
@@ -100,6 +103,46 @@ class FramePlayer(pj.AudioMediaPort):
             log.exception("the media player failed to take a frame")
 
 
+class MediaPorts:
+    """The endpoint's tap/player pairs, reused from call to call (SIP thread only).
+
+    pjsua2 2.15's conference bridge removes ports asynchronously, on its clock thread, while
+    an `AudioMediaPort`'s destructor releases the port's memory at once; destroying one while
+    calls run risks a use-after-free (pjproject#4200) and took the process down twice in our
+    test runs. So a pair is made once, handed to each new call, taken back (and muted) when
+    the call is gone, and destroyed only at shutdown, when no call is left.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[tuple[FrameTap, FramePlayer]] = []
+        self._all: list[tuple[FrameTap, FramePlayer]] = []
+
+    def acquire(self, events: CallEvents) -> tuple[FrameTap, FramePlayer]:
+        if self._free:
+            tap, player = self._free.pop()
+        else:
+            n = len(self._all)
+            tap, player = FrameTap(), FramePlayer()
+            tap.open(f"tap-{n}")
+            player.open(f"player-{n}")
+            self._all.append((tap, player))
+        tap.events, player.next_frame = events, events.next_frame
+        return tap, player
+
+    def release(self, tap: FrameTap | None, player: FramePlayer | None) -> None:
+        if tap is None or player is None:
+            return
+        tap.events, player.next_frame = None, None
+        self._free.append((tap, player))
+
+    def clear(self) -> None:
+        """Forget every pair (shutdown: their destruction follows, before libDestroy)."""
+        for tap, player in self._all:
+            tap.events, player.next_frame = None, None
+        self._free.clear()
+        self._all.clear()
+
+
 class SipCall(pj.Call):
     """An incoming call: answered or refused by the agent, its audio forked to a `FrameTap`
     and a `FramePlayer` transmitting into it.
@@ -109,13 +152,14 @@ class SipCall(pj.Call):
     """
 
     def __init__(self, account: pj.Account, call_id: int, serial: int, offer: Offer,
-                 on_gone: Callable[[SipCall], None]) -> None:
+                 on_gone: Callable[[SipCall], None], ports: MediaPorts) -> None:
         super().__init__(account, call_id)
         self.serial = serial
         self.offer = offer
         self.events: CallEvents | None = None
         self.tap: FrameTap | None = None
         self.player: FramePlayer | None = None
+        self._ports = ports
         self.confirmed = False
         self.gone = False
         self._on_gone = on_gone
@@ -271,12 +315,8 @@ class SipCall(pj.Call):
         # Called again with the new slot when a re-INVITE recreates the stream (hold/resume).
         if self.events is None:
             return
-        if self.tap is None:
-            self.tap = FrameTap(self.events)
-            self.tap.open(f"tap-{self.serial}")
-        if self.player is None:
-            self.player = FramePlayer(self.events.next_frame)
-            self.player.open(f"player-{self.serial}")
+        if self.tap is None or self.player is None:
+            self.tap, self.player = self._ports.acquire(self.events)
         audio = self.getAudioMedia(index)
         audio.startTransmit(self.tap)
         self.player.startTransmit(audio)

@@ -41,7 +41,7 @@ from sip.account import (
     inbound_config,
     registration_config,
 )
-from sip.call import CallEvents, SipCall
+from sip.call import CallEvents, MediaPorts, SipCall
 from sip.media import TransferReport
 from sip.screen import Offer, Screen, Verdict, address_uri, header, request_user, source_ip
 
@@ -105,6 +105,7 @@ class SipEndpoint:
         self._calls: dict[int, SipCall] = {}
         self._admitted: set[int] = set()
         self._graveyard: list[SipCall] = []
+        self._ports = MediaPorts()
         self._serial = 0
         self._closing = False
         self.transports: list[str] = []
@@ -265,7 +266,7 @@ class SipEndpoint:
                       to=address_uri(header(msg, "To", "t")), user=request_user(msg),
                       source_ip=source_ip(prm.rdata.srcAddress), message=msg)
         self._serial += 1
-        call = SipCall(account, prm.callId, self._serial, offer, self._gone)
+        call = SipCall(account, prm.callId, self._serial, offer, self._gone, self._ports)
         self._calls[call.serial] = call
         if self._closing:
             call.respond(503, "Service Unavailable")
@@ -313,6 +314,8 @@ class SipEndpoint:
     def _gone(self, call: SipCall) -> None:
         self._calls.pop(call.serial, None)
         self._admitted.discard(call.serial)
+        self._ports.release(call.tap, call.player)  # muted now, reused by a later call
+        call.tap = call.player = None
         self._graveyard.append(call)  # freed after the callback returns, still on this thread
 
     def _check_media(self) -> None:
@@ -369,6 +372,7 @@ class SipEndpoint:
         for call in self._calls.values():
             call.tap = None
             call.player = None
+        self._ports.clear()
         self._calls.clear()
         self._graveyard.clear()
         self._accounts.clear()
