@@ -25,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import re
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.calls.info import EndReason
-from app.calls.media import MediaUnsupported, Playback, PlaybackState, frames_of
+from app.calls.media import MediaUnsupported, Playback, PlaybackState, check_sip_uri, frames_of
 
 SAMPLE_RATE = 8000  # the conference bridge's rate: what FramePlayer hands it
 # While a playback plays, the media thread reports progress every this many frames (0.5 s);
@@ -49,15 +48,6 @@ TRANSFER_RESULT_S = 30.0
 # subscription ends); a refused REFER as its answer (e.g. 603), one never sent as (0, why, True).
 TransferReport = Callable[[int, str, bool], None]
 
-_SIP_URI = re.compile(r"""
-    (?i:sips?):
-    (?:[^@\s<>"\x00-\x1f\x7f]+@)?                                  # user[:password]@
-    (?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])  # host, or [IPv6]
-    (?::[0-9]{1,5})?                                                 # port
-    (?:[;?][^\s<>"\x00-\x1f\x7f]*)?                                 # ;params ?headers
-    """, re.VERBOSE)
-
-
 class TransferFailed(MediaUnsupported):
     """The caller was not moved: its side refused the REFER, reported that the target failed,
     did not say in time, or the call ended first. Unless it ended, the call goes on.
@@ -70,14 +60,6 @@ class TransferFailed(MediaUnsupported):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-def check_sip_uri(target: str) -> None:
-    """Raise ValueError unless `target` is a SIP URI fit for a Refer-To header (`sip:` or
-    `sips:`, a host, no spaces, quotes or angle brackets)."""
-    if not isinstance(target, str) or _SIP_URI.fullmatch(target) is None:
-        raise ValueError(f"transfer target must be a SIP URI such as sip:200@pbx.example.com "
-                         f"(sip: or sips:, no spaces or <>), got {target!r}")
 
 
 @dataclass(slots=True)

@@ -30,14 +30,14 @@ from service_helpers import SECRET, clip, make_settings, reference, wer, write_d
 
 from app.bench.consumer import WebhookConsumer
 from app.calls import Call, EndReason, PlaybackState
-from app.calls.media import MediaUnsupported, frames_of
+from app.calls.media import MediaUnsupported, check_sip_uri, frames_of
 from app.keys import CALL_HUB
 from app.pipeline.decode import decode_pcm16, encode
 from app.pipeline.engine import SpeechEngine
 from app.pipeline.types import AudioFormat, Encoding, Transcript
 from app.server import create_app
 from app.settings import Settings
-from sip.media import SipMedia, TransferFailed, TransferReport, check_sip_uri
+from sip.media import SipMedia, TransferFailed, TransferReport
 from tests.sip_helpers import (
     RtpListener,
     RtpPacket,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,25 @@ FRAME_MS = 20
 # PacedPlayer sends this far ahead of the clock, so a busy event loop does not starve the
 # peer's buffer; `clear` still stops within this much audio.
 LEAD_FRAMES = 3
+
+
+# A transfer target as a Refer-To header can carry it: sip: or sips:, a host, no spaces,
+# quotes or angle brackets.
+_SIP_URI = re.compile(r"""
+    (?i:sips?):
+    (?:[^@\s<>"\x00-\x1f\x7f]+@)?                                  # user[:password]@
+    (?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])  # host, or [IPv6]
+    (?::[0-9]{1,5})?                                                 # port
+    (?:[;?][^\s<>"\x00-\x1f\x7f]*)?                                 # ;params ?headers
+    """, re.VERBOSE)
+
+
+def check_sip_uri(target: object) -> None:
+    """Raise ValueError unless `target` is a SIP URI fit for `CallMedia.transfer` (the one
+    rule for the webhook's `transfer` action and the SIP user agent alike)."""
+    if not isinstance(target, str) or _SIP_URI.fullmatch(target) is None:
+        raise ValueError(f"transfer target must be a SIP URI such as sip:200@pbx.example.com "
+                         f"(sip: or sips:, no spaces or <>), got {target!r}")
 
 
 class MediaUnsupported(Exception):

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from app.calls.media import check_sip_uri
+
 MAX_ACTIONS = 32  # per answer
 MAX_SAY_CHARS = 2000
 MAX_PAUSE_S = 60.0
@@ -129,9 +131,10 @@ def _parse(raw: Any, where: str) -> Action:
         if value is not True:
             raise ValueError(f"{where}.hangup: expected true, got {_short(value)}")
         return Hangup()
-    if (not isinstance(value, str) or not value.lower().startswith(("sip:", "sips:"))
-            or not value.partition(":")[2] or any(c.isspace() or c in '<>"' for c in value)):
-        raise ValueError(f"{where}.transfer: expected a SIP URI (sip:user@host), got {_short(value)}")
+    try:
+        check_sip_uri(value)
+    except ValueError:
+        raise ValueError(f"{where}.transfer: expected a SIP URI (sip:user@host), got {_short(value)}") from None
     return Transfer(value)
 
 
