@@ -16,7 +16,6 @@ without knowing about it.
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 
@@ -33,7 +32,11 @@ class EchoGate:
 
     def __init__(self, margin_db: float) -> None:
         self._ratio = 10 ** (-margin_db / 20)
-        self._frames: deque[tuple[float, float]] = deque()  # (monotonic time it plays, RMS)
+        # Outbound 20 ms frames in play order: when each plays (monotonic) and its RMS. Kept
+        # as arrays so the per-payload lookup of the window is a binary search, not a scan
+        # of a long prompt's thousands of queued frames.
+        self._times = np.empty(0)
+        self._levels = np.empty(0)
         self._end = 0.0  # when the queued audio runs out
         self.gated = 0  # payloads replaced by silence
 
@@ -47,15 +50,16 @@ class EchoGate:
             return
         levels = np.sqrt((samples[:usable].reshape(-1, step) ** 2).mean(axis=1))
         start = max(now, self._end)
-        self._frames.extend((start + i * _FRAME_S, float(level)) for i, level in enumerate(levels))
-        self._end = start + len(levels) * _FRAME_S
         self._forget(now)
+        self._times = np.concatenate([self._times, start + np.arange(len(levels)) * _FRAME_S])
+        self._levels = np.concatenate([self._levels, levels])
+        self._end = start + len(levels) * _FRAME_S
 
     def cleared(self, now: float | None = None) -> None:
         """Playback stopped: nothing queued after `now` will play."""
         now = time.monotonic() if now is None else now
-        while self._frames and self._frames[-1][0] > now:
-            self._frames.pop()
+        keep = int(np.searchsorted(self._times, now, side="right"))
+        self._times, self._levels = self._times[:keep], self._levels[:keep]
         self._end = min(self._end, now)
 
     def reference(self, now: float | None = None) -> float:
@@ -66,17 +70,19 @@ class EchoGate:
         below it by more than the margin (tested at -20 dB, and holds at -15 dB)."""
         now = time.monotonic() if now is None else now
         self._forget(now)
-        levels = [level for at, level in self._frames if now - WINDOW_S <= at <= now + _FRAME_S]
-        return float(np.percentile(levels, 75)) if levels else 0.0
+        first = int(np.searchsorted(self._times, now - WINDOW_S, side="left"))
+        last = int(np.searchsorted(self._times, now + _FRAME_S, side="right"))
+        window = self._levels[first:last]
+        return float(np.percentile(window, 75)) if len(window) else 0.0
 
     @property
     def armed(self) -> bool:
         """Whether anything was played lately (only then can caller audio be echo)."""
-        return bool(self._frames)
+        return len(self._times) > 0
 
     def is_echo(self, samples: np.ndarray, now: float | None = None) -> bool:
         """Whether caller audio `samples` (float, any length) is only the echo of our playback."""
-        if not self._frames:
+        if not self.armed:
             return False
         ref = self.reference(now)
         if ref < _QUIET:
@@ -88,8 +94,9 @@ class EchoGate:
         return False
 
     def _forget(self, now: float) -> None:
-        while self._frames and self._frames[0][0] < now - WINDOW_S - 1.0:
-            self._frames.popleft()
+        old = int(np.searchsorted(self._times, now - WINDOW_S - 1.0))
+        if old:
+            self._times, self._levels = self._times[old:], self._levels[old:]
 
 
 class OutboundTap:
