@@ -27,11 +27,12 @@ from typing import Any
 import pytest
 from service_helpers import SECRET, StartApp, make_settings, reference, transcribe_mulaw, wer
 
-from app.bench.common import RunningApp
+from app.bench.common import RunningApp, speech_start_s
 from app.bench.consumer import WebhookConsumer
 from app.bench.rtp import LoopbackTap, RtpPacket, carries_sound
-from app.bench.talkback import first_loud_s
 from app.keys import SETTINGS
+from app.pipeline.decode import decode
+from app.pipeline.types import Encoding
 from tests.sip_helpers import RtpListener, SippResult, clip_ulaw, enable_sip, free_port_range, run_sipp_async
 
 pytestmark = [pytest.mark.sip, pytest.mark.realtime]
@@ -189,7 +190,7 @@ async def test_the_sip_caller_barges_in_the_prompt_stops_and_the_caller_is_heard
     heard, said = tap.received(media), tap.sent(media)
     assert said and heard
     # The caller's speech began when rtp_stream sent its first packet plus the clip's lead-in.
-    onset = said[0].at + first_loud_s((tmp_path / "clip.ulaw").read_bytes())
+    onset = said[0].at + speech_start_s(decode((tmp_path / "clip.ulaw").read_bytes(), Encoding.MULAW), 8000)
     loud = [i for i, p in enumerate(heard) if carries_sound(p)]
     prompt_began, prompt_stopped = heard[loud[0]].at, heard[loud[-1]].at
     print(f"prompt heard from {prompt_began - onset:+.2f} s to {prompt_stopped - onset:+.2f} s of the "

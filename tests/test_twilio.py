@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 from service_helpers import SECRET, StartApp, heard_by_caller, make_settings, transcribe_mulaw, until
 from speech import clip_path, reference, wer
 from twilio.request_validator import RequestValidator
 
-from app.bench.common import RunningApp
+from app.bench.common import RunningApp, speech_end_s, speech_start_s
 from app.bench.consumer import WebhookConsumer
 from app.calls import EndReason, PlaybackState
 from app.keys import CALL_HUB
@@ -58,12 +57,9 @@ def clip(name: str) -> bytes:
 
 
 def speech_bounds(mulaw: bytes) -> tuple[float, float]:
-    """First and last 20 ms frame louder than a tenth of the loudest: the true speech span."""
+    """The true speech span of a clip, as the benchmarks define it (app.bench.common)."""
     samples = decode(mulaw, Encoding.MULAW)
-    frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    loud = np.nonzero(rms > 0.1 * rms.max())[0]
-    return float(loud[0]) * 0.02, float(loud[-1] + 1) * 0.02
+    return speech_start_s(samples, 8000), speech_end_s(samples, 8000)
 
 
 def silence(seconds: float) -> bytes:

@@ -5,7 +5,8 @@
 - `speech_end_s`: the one definition of a clip's "true end of speech" that every latency is
   measured from: the end of the last 10 ms window whose RMS reaches 10 % of the loudest
   window's (20 dB down). Conservative: quiet trailing breath does not count as speech, so it
-  cannot shorten a measured latency.
+  cannot shorten a measured latency. `speech_start_s` is its counterpart (barge-in is
+  measured from it).
 - `wer`: word error rate after Whisper's English normalisation (needs the test extras).
 - `RunningApp`: the real app served on a loopback port (ephemeral by default).
 - `bench_service`: the real app on 127.0.0.1 with one dialplan, `bench`, whose webhook is a
@@ -36,15 +37,26 @@ SECRET = "whsec_bench"
 SPEECH_DIR = speech_dir()
 
 
-def speech_end_s(samples: np.ndarray, rate: int) -> float:
-    """Seconds from the start of `samples` (any scale) to the end of their speech."""
+def _loud_windows(samples: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
+    """Indices of the 10 ms windows whose RMS reaches 10 % of the loudest's, and the hop."""
     hop = rate // 100
     windows = np.asarray(samples, dtype=np.float64)[: len(samples) // hop * hop].reshape(-1, hop)
     rms = np.sqrt((windows**2).mean(axis=1))
     if not len(rms) or rms.max() <= 0:
-        return 0.0
-    loud = np.nonzero(rms >= 0.1 * rms.max())[0]
-    return float((loud[-1] + 1) * hop / rate)
+        return np.empty(0, dtype=np.int64), hop
+    return np.nonzero(rms >= 0.1 * rms.max())[0], hop
+
+
+def speech_end_s(samples: np.ndarray, rate: int) -> float:
+    """Seconds from the start of `samples` (any scale) to the end of their speech."""
+    loud, hop = _loud_windows(samples, rate)
+    return float((loud[-1] + 1) * hop / rate) if len(loud) else 0.0
+
+
+def speech_start_s(samples: np.ndarray, rate: int) -> float:
+    """Seconds from the start of `samples` to the start of their speech (same definition)."""
+    loud, hop = _loud_windows(samples, rate)
+    return float(loud[0] * hop / rate) if len(loud) else 0.0
 
 
 @functools.cache

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bench.common import SPEECH_DIR, bench_service
+from app.bench.common import SPEECH_DIR, bench_service, speech_start_s
 from app.bench.consumer import WebhookConsumer
 from app.bench.rtp import LoopbackTap, RtpPacket, carries_sound
 from app.keys import TALKBACK
@@ -144,7 +144,7 @@ async def _bench(args: argparse.Namespace, settings: Settings, caller_speech: by
 
 async def _twilio(args: argparse.Namespace, host: str, caller_speech: bytes, answered: dict[str, float]
                   ) -> dict[str, Any]:
-    onset_s = SPEAKS_AT_S + first_loud_s(caller_speech)
+    onset_s = SPEAKS_AT_S + speech_start_s(decode(caller_speech, Encoding.MULAW), 8000)
     audio = b"\xff" * int(SPEAKS_AT_S * 8000) + caller_speech + b"\xff" * 16000
     first_audio: list[float] = []
     bargein: list[float] = []
@@ -189,7 +189,7 @@ class SipCaller:
 async def _sip(args: argparse.Namespace, settings: Settings, workdir: Path, caller_speech: bytes,
                answered: dict[str, float], consumer: WebhookConsumer) -> dict[str, Any]:
     (workdir / "clip.ulaw").write_bytes(caller_speech + b"\xff" * 8000)  # what rtp_stream sends
-    loud_s = first_loud_s(caller_speech)
+    loud_s = speech_start_s(decode(caller_speech, Encoding.MULAW), 8000)
     first_audio: list[float] = []
     bargein: list[float] = []
     missed = 0
@@ -240,14 +240,6 @@ def _sip_figures(heard: list[RtpPacket], said: list[RtpPacket], answered: float 
 
 
 # -- figures ----------------------------------------------------------------------------------
-
-def first_loud_s(mulaw: bytes) -> float:
-    """Where speech begins in 8 kHz mu-law: the first 20 ms frame within 20 dB of the loudest."""
-    samples = decode(mulaw, Encoding.MULAW)
-    frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    return float(np.nonzero(rms > 0.1 * rms.max())[0][0]) * 0.02
-
 
 def _stats(values: list[float]) -> dict[str, float]:
     if not values:
