@@ -121,15 +121,13 @@ async def _bench(args: argparse.Namespace, settings: Settings, caller_speech: by
     async with bench_service(settings, match='twilio_to = ["*"]\nsip_user = ["*"]') as service:
         service.consumer.reply_to = reply
         talkback = service.app[TALKBACK]
-        talkback.preload()
-        await talkback._load_speaker()  # measure speech, not the voice's first load
+        await talkback.loaded_speaker()  # measure speech, not the voice's first load
         if args.transport in ("twilio", "both"):
             summary["twilio"] = await _twilio(args, service.host, caller_speech, answered)
         if args.transport in ("sip", "both"):
             summary["sip"] = await _sip(args, settings, service.workdir, caller_speech, answered,
                                         service.consumer)
-        speaker = talkback.speaker
-        assert speaker is not None
+        speaker = await talkback.loaded_speaker()
         whole: list[float] = []
         for n in range(len(prompts)):
             started = time.monotonic()

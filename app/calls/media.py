@@ -188,7 +188,6 @@ class PacedPlayer:
     def __init__(self, sample_rate: int, send: Callable[[bytes], Awaitable[None]],
                  after: Callable[[Playback], Awaitable[None]] | None = None) -> None:
         self.sample_rate = sample_rate
-        self.frames_sent = 0
         self._send = send
         self._after = after
         self._queue: deque[tuple[Playback, deque[bytes]]] = deque()
@@ -252,7 +251,6 @@ class PacedPlayer:
                     self.clear()
                     return
                 n += 1
-                self.frames_sent += 1
                 playback.played()
                 if not frames:
                     self._queue.popleft()

@@ -35,11 +35,6 @@ class EventWriter:
         self._task = asyncio.create_task(self._write(), name=f"call-{ref.id}-events")
 
     @property
-    def enabled(self) -> bool:
-        """Whether this call writes events (it has a dialplan)."""
-        return self._plan is not None
-
-    @property
     def wants_partials(self) -> bool:
         return self._plan is not None and self._plan.interim_results
 

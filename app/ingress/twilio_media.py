@@ -89,10 +89,6 @@ class TwilioMedia:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
-    def frames_sent(self) -> int:
-        return self._player.frames_sent
-
-    @property
     def hung_up(self) -> EndReason | None:
         """Why we hung up, if we did (the session ends the call with this reason)."""
         return self._hangup

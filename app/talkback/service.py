@@ -50,8 +50,6 @@ class Talkback:
 
     def __init__(self, settings: TalkbackSettings, fetcher: MediaFetcher, *, bargein_delay_s: float) -> None:
         self.settings = settings
-        self.speaker: Speaker | None = None
-        self.speaker_error = ""
         self._loading: asyncio.Future[Speaker] | None = None
         self._fetcher = fetcher
         self._bargein_delay_s = bargein_delay_s
@@ -91,6 +89,27 @@ class Talkback:
         queued, problems = talk.submit(body)
         return queued, [{"index": p.index, "message": p.message} for p in problems]
 
+    @property
+    def speaker(self) -> Speaker | None:
+        """The loaded voice (None before it is asked for, while it loads, or if it failed)."""
+        loading = self._loading
+        if loading is None or not loading.done() or loading.cancelled() or loading.exception():
+            return None
+        return loading.result()
+
+    @property
+    def speaker_error(self) -> str:
+        """Why the voice failed to load ("" unless it did)."""
+        loading = self._loading
+        if loading is None or not loading.done() or loading.cancelled() or not loading.exception():
+            return ""
+        exc = loading.exception()
+        return f"{type(exc).__name__}: {exc}"
+
+    async def loaded_speaker(self) -> Speaker:
+        """The voice, loading it (in an executor) if nobody has yet; raises if it cannot load."""
+        return await asyncio.shield(self._load_speaker())
+
     def health(self) -> dict[str, Any]:
         if self.speaker_error:
             return {"status": "failed", "error": self.speaker_error}
@@ -121,15 +140,12 @@ class Talkback:
                 return Speaker.load(self.settings)
 
             def loaded(done: asyncio.Future[Speaker]) -> None:
-                if done.cancelled():
-                    return
-                if done.exception() is not None:
-                    self.speaker_error = f"{type(done.exception()).__name__}: {done.exception()}"
+                if self.speaker_error:
                     log.error("the talk-back voice failed to load; `say` actions will fail: %s",
                               self.speaker_error)
-                    return
-                self.speaker = done.result()
-                log.info("talk-back voice loaded (%s) in %.1f s", self.settings.voice, time.monotonic() - started)
+                elif self.speaker is not None:
+                    log.info("talk-back voice loaded (%s) in %.1f s", self.settings.voice,
+                             time.monotonic() - started)
 
             self._loading = loop.run_in_executor(None, load)
             self._loading.add_done_callback(loaded)
@@ -137,7 +153,7 @@ class Talkback:
 
     async def _speak(self, text: str, voice: str | None) -> AsyncGenerator[tuple[bytes, int], None]:
         try:
-            speaker = await asyncio.shield(self._load_speaker())
+            speaker = await self.loaded_speaker()
         except Exception as exc:
             raise RuntimeError(f"text-to-speech is unavailable: {type(exc).__name__}: {exc}") from None
         async with contextlib.aclosing(speaker.synthesize(text, voice)) as chunks:
