@@ -98,10 +98,16 @@ class CallHub:
                     model=model or (plan.model if plan else None),
                     interim_results=interim_results or (plan is not None and plan.interim_results),
                     word_timestamps=word_timestamps)
-        except Exception as exc:
+        except BaseException as exc:
             for stream in streams.values():
                 await stream.aclose()
-            raise _rejection(exc) from exc
+            if isinstance(exc, AudioFormatError):
+                raise CallRejected(Rejection.UNSUPPORTED_AUDIO, str(exc)) from exc
+            if isinstance(exc, UnknownModelError):
+                raise CallRejected(Rejection.UNKNOWN_MODEL, str(exc)) from exc
+            if isinstance(exc, ValueError):  # e.g. a language code the model does not know
+                raise CallRejected(Rejection.INVALID_CONFIG, str(exc)) from exc
+            raise  # anything else is a bug: it goes up as it is
         call = Call(info, streams, self.outbox, self.metrics, self._closed, media, self.echo_margin_db)
         self._calls[info.id] = call
         self.metrics.calls.labels(info.source.value).inc()
@@ -124,14 +130,3 @@ class CallHub:
 
     def _closed(self, call: Call) -> None:
         self._calls.pop(call.id, None)
-
-
-def _rejection(exc: Exception) -> CallRejected | Exception:
-    """The engine's refusal as a `CallRejected`; anything else is a bug and goes up as it is."""
-    if isinstance(exc, AudioFormatError):
-        return CallRejected(Rejection.UNSUPPORTED_AUDIO, str(exc))
-    if isinstance(exc, UnknownModelError):
-        return CallRejected(Rejection.UNKNOWN_MODEL, str(exc))
-    if isinstance(exc, ValueError):  # e.g. a language code the model does not know
-        return CallRejected(Rejection.INVALID_CONFIG, str(exc))
-    return exc
