@@ -194,12 +194,12 @@ class _Playback:
     def __init__(self) -> None:
         self._play_until = 0.0
         self.due: list[tuple[float, str]] = []
-        self._queued: deque[int] = deque()  # μ-law bytes waiting to be played, in order
+        self._queued = bytearray()  # μ-law bytes waiting to be played, in order
 
     def add(self, message: OutboundMessage, now: float) -> None:
         if isinstance(message, OutboundMedia):
             self._play_until = max(self._play_until, now) + len(message.payload) / 8000
-            self._queued.extend(message.payload)
+            self._queued += message.payload
         elif isinstance(message, OutboundMark):
             self.due.append((max(self._play_until, now), message.name))
         elif isinstance(message, Clear):
@@ -214,9 +214,9 @@ class _Playback:
 
     def play_frame(self) -> bytes:
         """The next 20 ms the caller hears (silence when nothing is queued)."""
-        count = min(FRAME_BYTES, len(self._queued))
-        frame = bytes(self._queued.popleft() for _ in range(count))
-        return frame + SILENCE_FRAME[count:]
+        frame = bytes(self._queued[:FRAME_BYTES])
+        del self._queued[:FRAME_BYTES]
+        return frame + SILENCE_FRAME[len(frame):]
 
 
 class _Echo:
