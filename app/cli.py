@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "outbox": ("app.delivery.outbox_cli", "inspect and manage the webhook outbox"),
     "twilio-sim": ("app.sim.twilio", "replay a WAV file as a Twilio Media Stream"),
     "say": ("app.say", "speak a text with a talk-back voice into a WAV file"),
+    "sip-worker": ("sip.worker", "one SIP worker process (started by `serve`, not by hand)"),
 }
 
 

@@ -48,6 +48,18 @@ class Metrics:
             "hearsay_webhook_deliveries", "Webhook delivery attempts by outcome", ["outcome"], registry=r)
         self.outbox_depth = Gauge(
             "hearsay_outbox_depth", "Events in the outbox waiting for delivery", registry=r)
+        self.sip_worker_up = Gauge(
+            "hearsay_sip_worker_up", "1 while the SIP worker serves, 0 while it is down or starting",
+            ["worker"], registry=r)
+        self.sip_worker_calls = Gauge(
+            "hearsay_sip_worker_calls", "Calls the SIP worker carries", ["worker"], registry=r)
+        self.sip_worker_restarts = Counter(
+            "hearsay_sip_worker_restarts", "Times the SIP worker was started again after it exited",
+            ["worker"], registry=r)
+        self.sip_bridge_latency = Histogram(
+            "hearsay_sip_bridge_latency_seconds",
+            "From a caller's frame leaving pjsua2 in its worker to its arrival in the service",
+            registry=r, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25))
         self.stream_errors = Counter(
             "hearsay_stream_errors", "Error messages sent to /v1/stream clients", ["code"], registry=r)
 

@@ -74,17 +74,20 @@ class RegisteredAccount(InboundAccount):
             log.exception("onRegState failed")
 
 
-def inbound_config(settings: SipSettings) -> pj.AccountConfig:
+def inbound_config(settings: SipSettings, media_host: str) -> pj.AccountConfig:
     """The local account: no registration, takes any call addressed to us."""
     cfg = pj.AccountConfig()
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     cfg.idUri = f"sip:hearsay@{shown}:{settings.port}"
-    _media_defaults(cfg, settings)
+    _media_defaults(cfg, settings, media_host)
     return cfg
 
 
-def registration_config(reg: SipRegistration, settings: SipSettings) -> pj.AccountConfig:
-    """An account that registers `reg.username` at `reg.registrar` with digest credentials."""
+def registration_config(reg: SipRegistration, settings: SipSettings, media_host: str,
+                        outbound_proxy: str = "", contact: str = "") -> pj.AccountConfig:
+    """An account that registers `reg.username` at `reg.registrar` with digest credentials;
+    through `outbound_proxy` and with `contact` (host:port) as its Contact when given, so that
+    a proxy in front of this worker is where the registrar sends calls."""
     registrar = reg.registrar if reg.registrar.startswith(("sip:", "sips:")) else f"sip:{reg.registrar}"
     domain = registrar.split(":", 1)[1].split(";", 1)[0]
     cfg = pj.AccountConfig()
@@ -93,15 +96,21 @@ def registration_config(reg: SipRegistration, settings: SipSettings) -> pj.Accou
     cfg.regConfig.timeoutSec = reg.expiry_s
     cfg.regConfig.retryIntervalSec = 30
     cfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", reg.realm or "*", reg.username, 0, reg.password))
-    _media_defaults(cfg, settings)
+    if outbound_proxy:
+        cfg.sipConfig.proxies.append(outbound_proxy)
+    if contact:
+        cfg.sipConfig.contactForced = f"<sip:{reg.username}@{contact}>"
+        cfg.natConfig.viaRewriteUse = False
+        cfg.natConfig.contactRewriteUse = False
+    _media_defaults(cfg, settings, media_host)
     return cfg
 
 
-def _media_defaults(cfg: pj.AccountConfig, settings: SipSettings) -> None:
+def _media_defaults(cfg: pj.AccountConfig, settings: SipSettings, media_host: str) -> None:
     # No SRTP, no ICE: a plain RTP endpoint inside the configured port range.
     cfg.natConfig.iceEnabled = False
     cfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
     cfg.mediaConfig.transportConfig.port = settings.rtp_port_start
     cfg.mediaConfig.transportConfig.portRange = settings.rtp_port_count
-    if settings.host not in ("0.0.0.0", "::", ""):
-        cfg.mediaConfig.transportConfig.boundAddress = settings.host
+    if media_host not in ("0.0.0.0", "::", ""):
+        cfg.mediaConfig.transportConfig.boundAddress = media_host

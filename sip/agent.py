@@ -1,21 +1,22 @@
-"""The asyncio-facing SIP user agent: SIP calls become `CallHub` calls.
+"""The service's side of SIP: its calls, carried by SIP worker processes, become `CallHub` calls.
 
-    agent = SipAgent(settings.sip, hub, loop)
-    await agent.start()        # raises SipStartError (e.g. the port is taken)
-    agent.health()             # {"status": "ok", "active_calls": ..., "registrations": [...]}
-    await agent.stop()         # hangs up, destroys pjsua2, waits for every call's end
+    agent = SipAgent(settings.sip, hub, metrics=metrics, log_level="info")
+    await agent.start()        # raises SipStartError (a port is taken, Kamailio is missing, ...)
+    agent.health()             # {"status": "ok", "workers": [...], "active_calls": ..., ...}
+    await agent.stop()         # the workers hang up and exit; every call's end is awaited
+
+pjsua2 never loads in this process. `sip/topology.py` turns `[sip]` into workers (one binding
+`[sip] host:port` itself up to 4 calls, else one per 4 calls behind Kamailio, sip/proxy.py),
+`sip/workers.py` runs them and their bridges, and this module turns each call a worker offers
+into a hub call: it routes it (404 without a dialplan), starts it on the hub with a `SipMedia`
+as its outbound side, and tells the worker to answer 200, or refuses it as the hub does
+(`REFUSALS`). The call's frames, digits and end arrive in order on the worker's bridge, so
+every frame heard reaches the call before its end; a worker that dies ends its calls as
+`sip_worker_lost`, with everything heard up to then finalised and delivered.
 
 `hub` is anything with the `CallHub` surface used here (`Hub` below): `dialplans.match(source,
-user)` (read on the SIP thread, so it must be a pure lookup) and `await start(info, audio,
-media=...)` returning a call with `push(pcm)`, `dtmf(digit)`, `end_reason` and
-`await end(reason)`.
-
-A call's life: the SIP thread screens the INVITE (403/401/404/486) and admits it with a
-`_Bridge`; the bridge starts the hub call on the loop, with a `SipMedia` as its outbound side,
-and then asks the SIP thread to answer 200, or refuses it when the hub does (`REFUSALS`).
-Frames, digits and the end cross threads only through `loop.call_soon_threadsafe`, in order,
-so every frame heard reaches the call before its end; frames played go the other way through
-the `SipMedia`'s lock-guarded queue (sip/media.py).
+user)` and `await start(info, audio, media=...)` returning a call with `push(pcm)`,
+`dtmf(digit)`, `end_reason` and `await end(reason)`.
 """
 
 from __future__ import annotations
@@ -23,18 +24,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.calls import CallInfo, CallMedia, CallRejected, CallSource, EndReason, Rejection
 from app.dialplans import Dialplan
-from app.keys import CALL_HUB, HEALTH_CHECKS, SETTINGS
+from app.keys import CALL_HUB, HEALTH_CHECKS, METRICS, SETTINGS
+from app.metrics import Metrics
 from app.pipeline.errors import StreamClosedError
 from app.pipeline.types import AudioFormat, Encoding
 from app.settings import SipSettings
-from sip.endpoint import MAX_ADMITTED, SipEndpoint, SipStartError
+from sip.bridge import Kind, Message
+from sip.errors import SipStartError
 from sip.media import SAMPLE_RATE, SipMedia, TransferReport
-from sip.screen import DigestAuth, Offer, Screen
+from sip.topology import Topology, plan
+from sip.workers import WorkerLink, WorkerPool
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -58,8 +65,7 @@ REFUSALS: Mapping[Rejection, tuple[int, str]] = {
     Rejection.INVALID_CONFIG: (500, "Server Internal Error"),
 }
 INTERNAL_ERROR = (500, "Server Internal Error")
-
-Post = Callable[..., object]  # post(fn, *args): run fn(*args) on the loop; callable from any thread
+NOT_FOUND = (404, "Not Found")
 
 
 class LiveCall(Protocol):
@@ -90,66 +96,90 @@ class Hub(Protocol):
 
 
 class SipAgent:
-    """Runs the pjsua2 user agent for the service and connects its calls to the hub."""
+    """Runs the SIP workers (and the proxy in front of them) and connects their calls to the hub."""
 
-    def __init__(self, settings: SipSettings, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, settings: SipSettings, hub: Hub, *, metrics: Metrics | None = None,
+                 log_level: str = "info") -> None:
         self.settings = settings
         self._hub = hub
-        self._loop = loop
-        auth = (DigestAuth(settings.auth_username, settings.auth_password)
-                if settings.auth_username else None)
-        max_calls = settings.max_calls
-        if max_calls > MAX_ADMITTED:
-            log.warning("sip.max_calls = %d: this pjsua2 build carries at most %d calls at once; using %d",
-                        max_calls, MAX_ADMITTED, MAX_ADMITTED)
-            max_calls = MAX_ADMITTED
-        screen = Screen(settings.allow_from, auth, self._route, max_calls)
-        self._endpoint = SipEndpoint(settings, screen, self._admit)
+        self._metrics = metrics
+        self._topology: Topology = plan(settings, nonce_key=secrets.token_hex(32), log_level=log_level)
+        self._pool = WorkerPool(self._topology, self, on_restart=self._count_restart)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
 
     async def start(self) -> None:
-        """Start the SIP thread and wait until it listens (raises SipStartError)."""
-        await self._loop.run_in_executor(None, self._endpoint.start)
+        """Start the workers and wait until each listens (raises SipStartError)."""
+        await self._pool.start()
         self._started = True
 
     async def stop(self) -> None:
-        """Hang up every call, destroy the library, then wait for each call's end."""
+        """Stop the workers (they hang up their calls), then wait for each call's end."""
         if self._started:
-            await self._loop.run_in_executor(None, self._endpoint.stop)
             self._started = False
-        # The SIP thread's last hand-overs (frames, ends) are queued on the loop: let them run.
+            await self._pool.stop()
         await asyncio.sleep(0)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def health(self) -> dict[str, Any]:
-        """The user agent's state for `/health`."""
-        running = self._endpoint.running
+        """The SIP side's state for `/health`: one entry per worker."""
+        workers = self._pool.health()
+        serving = sum(w["state"] == "serving" for w in workers)
+        status = "ok" if serving == len(workers) else "degraded" if serving else "failed"
+        if self._metrics is not None:
+            for w in workers:
+                self._metrics.sip_worker_up.labels(str(w["worker"])).set(int(w["state"] == "serving"))
+                self._metrics.sip_worker_calls.labels(str(w["worker"])).set(w["active_calls"])
         return {
-            "status": "ok" if running else "failed",
-            "transports": list(self._endpoint.transports),
-            "active_calls": self._endpoint.active_calls,
-            "refused_calls": self._endpoint.refused,
-            "registrations": [r.as_dict() for r in self._endpoint.registrations()],
+            "status": status,
+            "proxied": self._topology.proxied,
+            "workers": workers,
+            "active_calls": sum(w["active_calls"] for w in workers),
+            "refused_calls": sum(w["refused_calls"] for w in workers),
+            "registrations": self._pool.registrations(),
         }
 
-    # -- SIP thread -------------------------------------------------------------------------
+    # -- the workers' messages (sip/workers.py's LinkHandler) -------------------------------
 
-    def _route(self, user: str) -> Dialplan | None:
-        return self._hub.dialplans.match(CallSource.SIP, user)
+    def on_message(self, link: WorkerLink, message: Message) -> None:
+        bridge = link.calls.get(message.call)
+        if message.kind is Kind.AUDIO:
+            if bridge is not None:
+                if self._metrics is not None:
+                    self._metrics.sip_bridge_latency.observe(time.monotonic() - message.sent_at)
+                bridge.audio(message.pcm)
+            return
+        event = message.event
+        if event is None:
+            return
+        kind = event["type"]
+        if kind == "offer":
+            bridge = _Bridge(_offer(event), message.call, link, hub=self._hub, run=self._run)
+            link.calls[message.call] = bridge
+            bridge.begin()
+        elif bridge is None:
+            return
+        elif kind == "dtmf":
+            bridge.dtmf(str(event["digit"]))
+        elif kind == "ended":
+            link.calls.pop(message.call, None)
+            bridge.ended(EndReason(event["reason"]))
+        elif kind == "progress":
+            bridge.media.progress({int(k): int(v) for k, v in event["taken"].items()})
+        elif kind == "cleared":
+            bridge.media.cleared({int(k): int(v) for k, v in event["taken"].items()})
+        elif kind == "transfer":
+            bridge.transfer_status(int(event["code"]), str(event["reason"]), bool(event["final"]))
 
-    def _admit(self, offer: Offer, plan: Dialplan, serial: int) -> _Bridge:
-        bridge = _Bridge(offer, plan, serial, hub=self._hub, endpoint=self._endpoint,
-                         post=self._post, run=self._run)
-        self._post(bridge.begin)
-        return bridge
+    def on_lost(self, link: WorkerLink) -> None:
+        calls, link.calls = link.calls, {}
+        for bridge in calls.values():
+            bridge.ended(EndReason.SIP_WORKER_LOST)
 
-    def _post(self, fn: Callable[..., object], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the service is gone
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    # -- loop -------------------------------------------------------------------------------
+    def _count_restart(self, index: int) -> None:
+        if self._metrics is not None:
+            self._metrics.sip_worker_restarts.labels(str(index)).inc()
 
     def _run(self, work: Awaitable[None]) -> None:
         """Run `work` as a task that `stop` waits for."""
@@ -158,68 +188,59 @@ class SipAgent:
         task.add_done_callback(self._tasks.discard)
 
 
-class _Bridge:
-    """One admitted SIP call as the loop sees it. `audio`, `dtmf`, `ended` (SIP and media
-    threads) only hand over; `next_frame` (media thread) only takes from the `SipMedia`'s
-    thread-safe queue; everything else runs on the loop."""
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """The call a worker offers, as its INVITE said."""
 
-    def __init__(self, offer: Offer, plan: Dialplan, serial: int, *, hub: Hub, endpoint: SipEndpoint,
-                 post: Post, run: Callable[[Awaitable[None]], None]) -> None:
-        self._offer = offer
-        self._plan = plan
+    call_id: str
+    from_: str
+    to: str
+    user: str
+    source_ip: str
+
+
+def _offer(event: dict[str, Any]) -> Offer:
+    return Offer(str(event["call_id"]), str(event["from"]), str(event["to"]), str(event["user"]),
+                 str(event["source_ip"]))
+
+
+class _RemoteFrames:
+    """A call's `FrameSink` in the service: frames go to the worker's queue over the bridge."""
+
+    def __init__(self, link: WorkerLink, serial: int) -> None:
+        self._link = link
         self._serial = serial
+
+    def put(self, key: int, frames: list[bytes]) -> None:
+        self._link.send_play(self._serial, key, frames)
+
+    def clear(self) -> None:
+        self._link.send_event(self._serial, {"type": "clear"})
+
+
+class _Bridge:
+    """One call a worker offered, as the loop sees it: started on the hub, fed what the
+    worker hears, and the worker told what the hub decides. Everything runs on the loop."""
+
+    def __init__(self, offer: Offer, serial: int, link: WorkerLink, *, hub: Hub,
+                 run: Callable[[Awaitable[None]], None]) -> None:
+        self._offer = offer
+        self._serial = serial
+        self._link = link
         self._hub = hub
-        self._endpoint = endpoint
-        self._post = post
         self._run = run
         self._call: LiveCall | None = None
         self._early: list[bytes] = []
         self._end_reason: EndReason | None = None
-        self.media = SipMedia(post, self._hang_up, self._media_closed, self._transfer)
+        self._transfer_report: TransferReport | None = None
+        loop = asyncio.get_running_loop()
+        self.media = SipMedia(_RemoteFrames(link, serial), loop.call_soon_threadsafe, self._hang_up,
+                              self._media_closed, self._transfer)
 
-    # Called on pjsua2's threads: hand over only.
-    def audio(self, pcm: bytes) -> None:
-        self._post(self._on_audio, pcm)
-
-    def dtmf(self, digit: str) -> None:
-        self._post(self._on_dtmf, digit)
-
-    def ended(self, reason: EndReason) -> None:
-        self._post(self._on_ended, reason)
-
-    def next_frame(self) -> bytes | None:
-        return self.media.frames.take()
-
-    # On the loop.
     def begin(self) -> None:
         self._run(self._start())
 
-    async def _start(self) -> None:
-        offer = self._offer
-        info = CallInfo(id=offer.call_id, source=CallSource.SIP, from_=offer.from_, to=offer.to,
-                        dialplan=self._plan, metadata=_metadata(offer))
-        try:
-            call = await self._hub.start(info, AudioFormat(Encoding.LINEAR16, SAMPLE_RATE), media=self.media)
-        except CallRejected as exc:
-            code, phrase = REFUSALS.get(exc.reason, INTERNAL_ERROR)
-            log.warning("SIP call %s refused by the hub (%s: %s): %d %s", offer.call_id,
-                        exc.reason.value, exc.message, code, phrase)
-            self._endpoint.answer(self._serial, code, phrase)
-            return
-        except Exception:
-            log.exception("SIP call %s: starting the call failed", offer.call_id)
-            self._endpoint.answer(self._serial, *INTERNAL_ERROR)
-            return
-        self._call = call
-        for pcm in self._early:
-            call.push(pcm)
-        self._early.clear()
-        if self._end_reason is not None:
-            await call.end(self._end_reason)
-            return
-        self._endpoint.answer(self._serial, 200)
-
-    def _on_audio(self, pcm: bytes) -> None:
+    def audio(self, pcm: bytes) -> None:
         if self._call is not None and self._end_reason is None:
             # StreamClosedError: the call is ending on the loop's side; its media's aclose
             # hangs the SIP leg up.
@@ -228,7 +249,7 @@ class _Bridge:
         elif self._call is None and len(self._early) < MAX_EARLY_FRAMES:
             self._early.append(pcm)
 
-    def _on_dtmf(self, digit: str) -> None:
+    def dtmf(self, digit: str) -> None:
         if self._call is None or self._end_reason is not None:
             return
         try:
@@ -236,29 +257,77 @@ class _Bridge:
         except ValueError:
             log.warning("SIP call %s: ignoring DTMF %r", self._offer.call_id, digit)
 
-    def _on_ended(self, reason: EndReason) -> None:
+    def ended(self, reason: EndReason) -> None:
         if self._end_reason is not None:
             return
         self._end_reason = reason
+        report, self._transfer_report = self._transfer_report, None
+        if report is not None:
+            report(0, "the call ended before the transfer completed", True)
         if self._call is not None:
             self._run(self._call.end(reason))
         # else: _start() ends the call as soon as the hub has it
 
+    def transfer_status(self, code: int, reason: str, final: bool) -> None:
+        report = self._transfer_report
+        if final:
+            self._transfer_report = None
+        if report is not None:
+            report(code, reason, final)
+
+    async def _start(self) -> None:
+        offer = self._offer
+        plan = self._hub.dialplans.match(CallSource.SIP, offer.user)
+        if plan is None:
+            log.info("SIP call %s from %s to %r refused: no dialplan takes it", offer.call_id,
+                     offer.source_ip, offer.user)
+            self._send("refuse", code=NOT_FOUND[0], reason=NOT_FOUND[1])
+            return
+        info = CallInfo(id=offer.call_id, source=CallSource.SIP, from_=offer.from_, to=offer.to,
+                        dialplan=plan, metadata=_metadata(offer))
+        try:
+            call = await self._hub.start(info, AudioFormat(Encoding.LINEAR16, SAMPLE_RATE), media=self.media)
+        except CallRejected as exc:
+            code, phrase = REFUSALS.get(exc.reason, INTERNAL_ERROR)
+            log.warning("SIP call %s refused by the hub (%s: %s): %d %s", offer.call_id,
+                        exc.reason.value, exc.message, code, phrase)
+            self._send("answer", code=code, reason=phrase)
+            return
+        except Exception:
+            log.exception("SIP call %s: starting the call failed", offer.call_id)
+            self._send("answer", code=INTERNAL_ERROR[0], reason=INTERNAL_ERROR[1])
+            return
+        self._call = call
+        for pcm in self._early:
+            call.push(pcm)
+        self._early.clear()
+        if self._end_reason is not None:
+            await call.end(self._end_reason)
+            return
+        self._send("answer", code=200)
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        self._link.send_event(self._serial, {"type": kind, **fields})
+
     def _hang_up(self, reason: EndReason) -> None:
-        # media.hangup(): BYE now; the call ends with `reason` when pjsua2 reports it gone.
+        # media.hangup(): BYE now; the call ends with `reason` when the worker reports it gone.
         if self._end_reason is None:
-            self._endpoint.hang_up(self._serial, reason)
+            self._send("hangup", reason=reason.value)
 
     def _transfer(self, target: str, report: TransferReport) -> None:
-        # media.transfer(): REFER now; the SIP thread reports back and hangs up on success.
-        self._endpoint.transfer(self._serial, target, report)
+        # media.transfer(): REFER now; the worker reports back and hangs up on success.
+        if self._end_reason is not None:
+            report(0, "the call is over", True)
+            return
+        self._transfer_report = report
+        self._send("transfer", target=target)
 
     def _media_closed(self) -> None:
         # The call ended on the loop's side (hub shutdown, or ended by its owner) while the SIP
         # leg is still up: hang that up too.
         if self._end_reason is None:
             self._end_reason = (self._call.end_reason if self._call is not None else None) or EndReason.HANGUP
-            self._endpoint.hang_up(self._serial, self._end_reason)
+            self._send("hangup", reason=self._end_reason.value)
 
 
 def _metadata(offer: Offer) -> Mapping[str, Any]:
@@ -266,19 +335,19 @@ def _metadata(offer: Offer) -> Mapping[str, Any]:
 
 
 def setup(app: web.Application) -> None:
-    """Run the SIP user agent with the app when `[sip] enabled` (adds `sip_ctx`)."""
+    """Run SIP with the app when `[sip] enabled` (adds `sip_ctx`)."""
     if app[SETTINGS].sip.enabled:
         app.cleanup_ctx.append(sip_ctx)
 
 
 async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp `cleanup_ctx`: run the SIP user agent for the app's `CallHub`.
+    """aiohttp `cleanup_ctx`: run the SIP workers for the app's `CallHub`.
 
-    Appended after the hub's own context, so on shutdown the agent hangs up its calls and
-    stops before the hub ends what remains.
+    Appended after the hub's own context, so on shutdown the workers hang up their calls and
+    stop before the hub ends what remains.
     """
-    settings = app[SETTINGS].sip
-    agent = SipAgent(settings, app[CALL_HUB], asyncio.get_running_loop())
+    settings = app[SETTINGS]
+    agent = SipAgent(settings.sip, app[CALL_HUB], metrics=app[METRICS], log_level=settings.log.level)
     await agent.start()
     app[HEALTH_CHECKS]["sip"] = agent.health
     try:

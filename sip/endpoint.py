@@ -7,9 +7,10 @@ and drops the references of finished calls so Python frees them there too. Only 
 clock thread calls in on its own (`FrameTap.onFrameReceived`, `FramePlayer.onFrameRequested`),
 and it only hands frames over or takes them from a thread-safe queue.
 
-    SipEndpoint(settings, screen, admit).start()   # blocking: raises SipStartError
+    SipEndpoint(settings, screen, admit, options).start()   # blocking: raises SipStartError
     endpoint.call_soon(fn)                          # any thread: run fn on the SIP thread
     endpoint.answer(serial, 200) / endpoint.hang_up(serial, reason)
+    endpoint.refuse(serial, 404, "Not Found")       # a refusal, sent REFUSE_DELAY_S late
     endpoint.transfer(serial, target, report)       # REFER; BYE once the NOTIFY says 2xx
     endpoint.stop()                                 # blocking: hangs up, destroys the library
 
@@ -28,11 +29,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pjsua2 as pj
 
 from app.calls.info import EndReason
-from app.dialplans import Dialplan
 from app.settings import SipSettings
 from sip.account import (
     InboundAccount,
@@ -42,6 +43,7 @@ from sip.account import (
     registration_config,
 )
 from sip.call import CallEvents, MediaPorts, SipCall
+from sip.errors import SipStartError
 from sip.media import TransferReport
 from sip.screen import Offer, Screen, Verdict, address_uri, header, request_user, source_ip
 
@@ -61,15 +63,32 @@ MAX_ADMITTED = 4
 REFUSE_DELAY_S = 1.0
 JB_MAX_MS = 1000  # the jitter buffer absorbs bursts up to this long
 
-# (offer, dialplan, serial) -> the admitted call's event sink; runs on the SIP thread.
-AdmitHandler = Callable[[Offer, Dialplan, int], CallEvents]
+# (offer, serial) -> the admitted call's event sink; runs on the SIP thread. Whoever admits
+# the call answers it later with `answer` (200, or a refusal) or `refuse`.
+AdmitHandler = Callable[[Offer, int], CallEvents]
 
 _CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 _PJ_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING}
 
 
-class SipStartError(RuntimeError):
-    """The SIP user agent could not start (e.g. its port is taken); the message says why."""
+@dataclass(frozen=True, slots=True)
+class EndpointOptions:
+    """How this endpoint sits in the service (sip/topology.py's `WorkerConfig` sets them).
+
+    `media_host`: where RTP binds and what SDP carries (None: `settings.host`).
+    `outbound_proxy`, `contact`: trunk registrations go through this proxy URI and register
+    this host:port as their Contact (a proxy in front owns the public address).
+    `source_header`: a header the proxy in front sets to the caller's address.
+    `refuse_delay_s`: how late refusals go out (see REFUSE_DELAY_S).
+    `log_level`: the Python level pjsua's own lines are wanted at.
+    """
+
+    media_host: str | None = None
+    outbound_proxy: str = ""
+    contact: str = ""
+    source_header: str = ""
+    refuse_delay_s: float = REFUSE_DELAY_S
+    log_level: int = logging.INFO
 
 
 class _LogWriter(pj.LogWriter):
@@ -86,8 +105,10 @@ class _LogWriter(pj.LogWriter):
 class SipEndpoint:
     """One running pjsua2 user agent (see the module docstring for the thread contract)."""
 
-    def __init__(self, settings: SipSettings, screen: Screen, admit: AdmitHandler) -> None:
+    def __init__(self, settings: SipSettings, screen: Screen, admit: AdmitHandler,
+                 options: EndpointOptions | None = None) -> None:
         self.settings = settings
+        self.options = options or EndpointOptions()
         if screen.max_calls > MAX_ADMITTED:
             raise ValueError(f"screen.max_calls = {screen.max_calls}: this pjsua2 build carries at most "
                              f"{MAX_ADMITTED} calls at once")
@@ -150,6 +171,11 @@ class SipEndpoint:
     def answer(self, serial: int, code: int, reason: str = "") -> None:
         """Answer an admitted call's INVITE (200 takes it; >= 300 refuses it)."""
         self.call_soon(lambda: self._answer(serial, code, reason))
+
+    def refuse(self, serial: int, code: int, reason: str) -> None:
+        """Refuse an admitted call the way screening does (`refuse_delay_s` late, counted in
+        `refused`): for refusals a scanner provokes, such as 404 for an unknown number."""
+        self.call_soon(lambda: self._refuse(serial, Verdict(code, reason)))
 
     def hang_up(self, serial: int, reason: EndReason) -> None:
         """End a call from our side; its `CallEvents.ended` reports `reason`."""
@@ -224,8 +250,10 @@ class SipEndpoint:
         cfg.uaConfig.userAgent = "Hearsay"
         self._writer = _LogWriter()
         cfg.logConfig.writer = self._writer
-        cfg.logConfig.level = 3
-        cfg.logConfig.consoleLevel = 3
+        # pjsua's levels 3 and up are its chatter, logged at DEBUG (see _LogWriter).
+        pj_level = 5 if self.options.log_level <= logging.DEBUG else 2
+        cfg.logConfig.level = pj_level
+        cfg.logConfig.consoleLevel = pj_level
         cfg.logConfig.decor = 0
         cfg.medConfig.clockRate = 8000
         cfg.medConfig.sndClockRate = 8000
@@ -244,12 +272,14 @@ class SipEndpoint:
         ep.libStart()
         ep.audDevManager().setNullDev()
         self._set_codecs(ep)
+        media_host = self.options.media_host if self.options.media_host is not None else s.host
         inbound = InboundAccount(self._incoming)
-        inbound.create(inbound_config(s), True)
+        inbound.create(inbound_config(s, media_host), True)
         self._accounts.append(inbound)
         for reg in s.registrations:
             account = RegisteredAccount(reg, self._incoming)
-            account.create(registration_config(reg, s))
+            account.create(registration_config(reg, s, media_host, self.options.outbound_proxy,
+                                               self.options.contact))
             self._accounts.append(account)
         log.info("SIP user agent listening on %s", ", ".join(self.transports))
 
@@ -262,25 +292,34 @@ class SipEndpoint:
 
     def _incoming(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
         msg = prm.rdata.wholeMsg
+        ip = source_ip(prm.rdata.srcAddress)
+        if self.options.source_header:
+            ip = header(msg, self.options.source_header) or ip
         offer = Offer(call_id=header(msg, "Call-ID", "i"), from_=address_uri(header(msg, "From", "f")),
                       to=address_uri(header(msg, "To", "t")), user=request_user(msg),
-                      source_ip=source_ip(prm.rdata.srcAddress), message=msg)
+                      source_ip=ip, message=msg)
         self._serial += 1
         call = SipCall(account, prm.callId, self._serial, offer, self._gone, self._ports)
         self._calls[call.serial] = call
         if self._closing:
             call.respond(503, "Service Unavailable")
             return
-        verdict, plan = self._screen.check(offer, self.active_calls)
-        if verdict is not None or plan is None:
-            self.refused += 1
-            verdict = verdict or Verdict(404, "Not Found")
-            log.info("SIP call %s from %s to %r refused: %d %s", offer.call_id, offer.source_ip,
-                     offer.user, verdict.code, verdict.reason)
-            self._refusals.append((time.monotonic() + REFUSE_DELAY_S, call.serial, verdict))
+        verdict = self._screen.check(offer, self.active_calls)
+        if verdict is not None:
+            self._refuse(call.serial, verdict)
             return
         self._admitted.add(call.serial)
-        call.events = self._admit(offer, plan, call.serial)
+        call.events = self._admit(offer, call.serial)
+
+    def _refuse(self, serial: int, verdict: Verdict) -> None:
+        call = self._calls.get(serial)
+        if call is None or call.gone:
+            return
+        self.refused += 1
+        self._admitted.discard(serial)
+        log.info("SIP call %s from %s to %r refused: %d %s", call.offer.call_id, call.offer.source_ip,
+                 call.offer.user, verdict.code, verdict.reason)
+        self._refusals.append((time.monotonic() + self.options.refuse_delay_s, serial, verdict))
 
     def _answer(self, serial: int, code: int, reason: str) -> None:
         call = self._calls.get(serial)

@@ -1,18 +1,19 @@
 """The outbound side of a SIP call: what the caller hears (`SipMedia`, a `CallMedia`).
 
-Three threads take part, and only `FrameQueue` is shared between them:
+`SipMedia` lives in the service; the frames it plays go to a `FrameSink`, the call's
+`FrameQueue` in its SIP worker (sip/frames.py), and progress comes back:
 
-    loop          SipMedia.play(pcm, rate) -> frames_of(..., 8000) -> FrameQueue.put
-    media clock   FramePlayer.onFrameRequested (sip/call.py), every 20 ms -> FrameQueue.take
-                  -> pjsua2's conference bridge -> the call's RTP stream
-    media clock   -> `on_progress()` (a `loop.call_soon_threadsafe` hand-over), at most one
-                  outstanding: when a playback's last frame is taken, or every
-                  PROGRESS_FRAMES frames -> SipMedia._progress on the loop -> Playback.played,
-                  Playback.settle(FINISHED)
+    service loop   SipMedia.play(pcm, rate) -> frames_of(..., 8000) -> sink.put (PLAY on the bridge)
+    worker         FramePlayer.onFrameRequested (sip/call.py), every 20 ms -> FrameQueue.take
+                   -> pjsua2's conference bridge -> the call's RTP stream
+    worker         when a playback's last frame is taken, or every PROGRESS_FRAMES frames:
+                   the frames taken per playback -> (bridge) -> SipMedia.progress(taken)
+                   -> Playback.played, Playback.settle(FINISHED)
 
 So `Playback.frames_played` counts the frames the bridge actually took (it lags by up to
-PROGRESS_FRAMES while playing, and is exact when a playback finishes or is cleared), and a
-playback is FINISHED as soon as its last frame has gone to the RTP stream.
+PROGRESS_FRAMES while playing), and a playback is FINISHED as soon as its last frame has gone
+to the RTP stream. `clear()` interrupts what is playing at once; the frames the worker took
+meanwhile still arrive as progress and are counted where a playback is still known.
 
 `SipMedia.transfer(target)` moves the caller elsewhere with a REFER: the SIP thread sends it
 and reports its progress (a `TransferReport`) back through `post`; a 2xx in the caller's NOTIFY
@@ -25,18 +26,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from app.calls.info import EndReason
 from app.calls.media import MediaUnsupported, Playback, PlaybackState, check_sip_uri, frames_of
 
 SAMPLE_RATE = 8000  # the conference bridge's rate: what FramePlayer hands it
-# While a playback plays, the media thread reports progress every this many frames (0.5 s);
-# its end is reported at once. Two hand-overs a second per call instead of fifty.
-PROGRESS_FRAMES = 25
 # How long transfer() waits for the REFER's answer (a live peer answers at once; over UDP
 # pjsua2 retransmits it meanwhile), and then, once it was accepted, for the outcome: the
 # caller's side is calling the target, which may ring for a while.
@@ -73,78 +70,33 @@ class _Transfer:
     accepted: bool = False
 
 
-class FrameQueue:
-    """One call's outbound 20 ms frames in play order; thread-safe (a lock, no asyncio).
+class FrameSink(Protocol):
+    """Where a call's outbound frames go: the worker's `FrameQueue` (sip/frames.py), reached
+    over the bridge by the service. `clear` drops what is queued; the sink then answers with
+    `SipMedia.cleared(taken)`, the frames taken per playback key not yet reported."""
 
-    The loop `put`s and `clear`s and `collect`s; pjsua2's media clock thread `take`s and
-    counts what it took per playback key. `on_progress` is called from `take` (so it must be
-    a thread-safe hand-over that does not block) when a playback's last frame is taken or
-    PROGRESS_FRAMES frames went unreported, and not again until the loop has `collect`ed.
-    """
+    def put(self, key: int, frames: list[bytes]) -> None: ...
 
-    def __init__(self, on_progress: Callable[[], object]) -> None:
-        self._on_progress = on_progress
-        self._lock = threading.Lock()
-        self._frames: deque[tuple[int, bytes, bool]] = deque()  # (key, frame, last of its playback)
-        self._taken: dict[int, int] = {}  # frames taken per key since the last collect
-        self._unreported = 0
-        self._pending = False  # an on_progress hand-over is on its way to the loop
-
-    def put(self, key: int, frames: list[bytes]) -> None:
-        """Queue one playback's frames (loop)."""
-        last = len(frames) - 1
-        with self._lock:
-            self._frames.extend((key, frame, i == last) for i, frame in enumerate(frames))
-
-    def take(self) -> bytes | None:
-        """The next frame to play, or None when there is nothing to play (media thread)."""
-        with self._lock:
-            if not self._frames:
-                return None
-            key, frame, last = self._frames.popleft()
-            self._taken[key] = self._taken.get(key, 0) + 1
-            self._unreported += 1
-            report = not self._pending and (last or self._unreported >= PROGRESS_FRAMES)
-            if report:
-                self._pending = True
-        if report:
-            self._on_progress()
-        return frame
-
-    def collect(self) -> dict[int, int]:
-        """Frames taken per playback key since the last collect (loop)."""
-        with self._lock:
-            return self._collect()
-
-    def clear(self) -> dict[int, int]:
-        """Drop every queued frame; returns what was taken since the last collect (loop)."""
-        with self._lock:
-            self._frames.clear()
-            return self._collect()
-
-    def _collect(self) -> dict[int, int]:
-        taken, self._taken = self._taken, {}
-        self._unreported = 0
-        self._pending = False
-        return taken
+    def clear(self) -> None: ...
 
 
 class SipMedia:
     """`CallMedia` for one SIP call (see the module docstring for how frames cross threads).
 
-    `post(fn)` runs `fn` on the loop from any thread; `hang_up(reason)` asks the SIP thread
-    to end the call with a BYE, after which the call ends with `reason`; `on_close()` runs
-    when the call is over (`aclose`), so the SIP leg can be hung up if it is still up;
-    `transfer(target, report)` asks the SIP thread to send a REFER and report its progress
-    (`TransferReport`), hanging up once it succeeded. All methods but `frames.take` are for
-    the event loop.
+    `frames` takes what is played (see above); `post(fn)` runs `fn` on the loop from any
+    thread; `hang_up(reason)` asks the SIP side to end the call with a BYE, after which the
+    call ends with `reason`; `on_close()` runs when the call is over (`aclose`), so the SIP
+    leg can be hung up if it is still up; `transfer(target, report)` asks the SIP side to send
+    a REFER and report its progress (`TransferReport`, from any thread), hanging up once it
+    succeeded. All methods are for the event loop.
     """
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, post: Callable[[Callable[[], None]], object], hang_up: Callable[[EndReason], None],
-                 on_close: Callable[[], None], transfer: Callable[[str, TransferReport], None]) -> None:
-        self.frames = FrameQueue(lambda: post(self._progress))
+    def __init__(self, frames: FrameSink, post: Callable[[Callable[[], None]], object],
+                 hang_up: Callable[[EndReason], None], on_close: Callable[[], None],
+                 transfer: Callable[[str, TransferReport], None]) -> None:
+        self.frames = frames
         self.hung_up: EndReason | None = None
         self._hang_up = hang_up
         self._on_close = on_close
@@ -152,6 +104,7 @@ class SipMedia:
         self._send_transfer = transfer
         self._transfer: _Transfer | None = None
         self._playing: dict[int, Playback] = {}  # by key, in play order
+        self._clearing: dict[int, Playback] = {}  # cleared, waiting for `cleared`
         self._keys = itertools.count()
         self._closed = False
 
@@ -169,14 +122,26 @@ class SipMedia:
         return playback
 
     def clear(self) -> list[Playback]:
-        # Count what the bridge took up to now first: a playback whose last frame just went
-        # is FINISHED, not interrupted.
-        self._apply(self.frames.clear())
+        """Stop what is playing and queued at once; the stopped playbacks settle INTERRUPTED
+        when the worker has said how many of their frames went out (`cleared`), so their
+        `frames_played` is exact (one bridge round trip, about a millisecond)."""
         stopped = list(self._playing.values())
+        self._clearing.update(self._playing)
         self._playing.clear()
-        for playback in stopped:
-            playback.settle(PlaybackState.INTERRUPTED)
+        self.frames.clear()
         return stopped
+
+    def cleared(self, taken: dict[int, int]) -> None:
+        """The sink's answer to `clear`: the last frames taken before it."""
+        for key, count in taken.items():
+            playback = self._clearing.get(key)
+            if playback is not None:
+                playback.played(count)
+        clearing, self._clearing = self._clearing, {}
+        for playback in clearing.values():
+            # One whose last frame went before the clear was heard whole.
+            whole = playback.frames_played >= playback.frames
+            playback.settle(PlaybackState.FINISHED if whole else PlaybackState.INTERRUPTED)
 
     async def hangup(self, reason: EndReason = EndReason.AGENT_HANGUP) -> None:
         """Ask the SIP thread to send BYE; returns at once (`call.wait_ended()` waits for the
@@ -226,6 +191,7 @@ class SipMedia:
         if not self._closed:
             self._closed = True
             self.clear()
+            self.cleared({})  # the call is over: no answer is waited for
             if self._transfer is not None and not self._transfer.outcome.done():
                 self._transfer.outcome.set_exception(TransferFailed(
                     f"the call ended before the transfer to {self._transfer.target} completed"))
@@ -251,10 +217,9 @@ class SipMedia:
                 loop = asyncio.get_running_loop()
                 pending.deadline.reschedule(loop.time() + pending.result_timeout_s)
 
-    def _progress(self) -> None:
-        self._apply(self.frames.collect())
-
-    def _apply(self, taken: dict[int, int]) -> None:
+    def progress(self, taken: dict[int, int]) -> None:
+        """Count frames the SIP side took, per playback key (keys no longer playing are
+        ignored); a playback all of whose frames were taken is FINISHED."""
         for key, count in taken.items():
             playback = self._playing.get(key)
             if playback is None:  # cleared meanwhile

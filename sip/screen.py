@@ -2,8 +2,9 @@
 
 Pure functions over the raw SIP message text, so they run on the SIP thread without touching
 pjsua2 and are tested without a network. `Screen.check(offer)` returns the final answer for a
-call that must be refused (403 outside `allow_from`, 401 with a digest challenge, 404 without a
-route, 486 over capacity) or None for a call to take.
+call that must be refused (403 outside `allow_from`, 401 with a digest challenge, 486 over
+capacity) or None for a call to take. Which dialplan takes it is the service's question, not
+the worker's (sip/agent.py answers 404 when none does).
 
 Digest authentication (RFC 2617/7616, MD5, qop=auth) uses stateless nonces: `<t>.<hmac(t)>`
 signed with a per-process key, valid for `NONCE_TTL_S`, so no table of nonces can be flooded.
@@ -17,11 +18,9 @@ import ipaddress
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
-
-from app.dialplans import Dialplan
 
 NONCE_TTL_S = 300
 
@@ -90,11 +89,12 @@ def source_ip(address: str) -> str:
 class DigestAuth:
     """Challenges and verifies digest credentials for inbound INVITEs."""
 
-    def __init__(self, username: str, password: str, realm: str = "hearsay") -> None:
+    def __init__(self, username: str, password: str, realm: str = "hearsay", key: bytes | None = None) -> None:
         self.username = username
         self.realm = realm
         self._ha1 = _md5(f"{username}:{realm}:{password}")
-        self._key = secrets.token_bytes(32)
+        # Shared by every worker of one service, so a nonce one issued is good at another.
+        self._key = key or secrets.token_bytes(32)
 
     def challenge(self) -> Verdict:
         """A 401 carrying a fresh `WWW-Authenticate` challenge."""
@@ -135,16 +135,15 @@ class DigestAuth:
 
 
 class Screen:
-    """The rules an INVITE must pass, in order: source address, credentials, route, capacity."""
+    """The rules an INVITE must pass, in order: source address, credentials, capacity."""
 
     def __init__(self, allow_from: Sequence[str], auth: DigestAuth | None,
-                 route: Callable[[str], Dialplan | None], max_calls: int) -> None:
+                 max_calls: int) -> None:
         try:
             self._networks = [ipaddress.ip_network(c, strict=False) for c in allow_from]
         except ValueError as exc:
             raise ValueError(f"sip.allow_from: {exc}") from None
         self._auth = auth
-        self._route = route
         self.max_calls = max_calls
 
     def admits(self, ip: str) -> bool:
@@ -157,20 +156,17 @@ class Screen:
             return False
         return any(addr in net for net in self._networks)
 
-    def check(self, offer: Offer, active_calls: int) -> tuple[Verdict | None, Dialplan | None]:
-        """(refusal, None) for a call to refuse, else (None, its dialplan)."""
+    def check(self, offer: Offer, active_calls: int) -> Verdict | None:
+        """The refusal for a call to refuse, None for one to take."""
         if not self.admits(offer.source_ip):
-            return Verdict(403, "Forbidden"), None
+            return Verdict(403, "Forbidden")
         if self._auth is not None:
             given = header(offer.message, "Authorization")
             if not given or not self._auth.verify("INVITE", given):
-                return self._auth.challenge(), None
-        plan = self._route(offer.user)
-        if plan is None:
-            return Verdict(404, "Not Found"), None
+                return self._auth.challenge()
         if active_calls >= self.max_calls:
-            return Verdict(486, "Busy Here"), None
-        return None, plan
+            return Verdict(486, "Busy Here")
+        return None
 
 
 def _md5(text: str) -> str:

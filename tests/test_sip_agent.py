@@ -37,6 +37,7 @@ from app.pipeline.engine import SpeechEngine
 from app.pipeline.types import AudioFormat, Encoding, Transcript
 from app.server import create_app
 from app.settings import Settings
+from sip.frames import FrameQueue
 from sip.media import SipMedia, TransferFailed, TransferReport
 from tests.sip_helpers import (
     RtpListener,
@@ -258,8 +259,8 @@ async def test_clear_stops_the_speech_mid_playback(
         stopped = call.media.clear()
         cleared_at = time.monotonic()
         assert stopped == [playback, later]  # not the lead: that one had finished
-        assert playback.state is PlaybackState.INTERRUPTED
-        assert later.state is PlaybackState.INTERRUPTED and later.frames_played == 0
+        assert await playback.wait() is PlaybackState.INTERRUPTED
+        assert await later.wait() is PlaybackState.INTERRUPTED and later.frames_played == 0
         assert 0 < playback.frames_played < playback.frames
         await asyncio.sleep(1.0)
         await call.media.hangup()
@@ -309,6 +310,25 @@ async def test_a_call_the_hub_ends_hangs_up_the_caller(
         assert ended["reason"] == "shutdown"
 
 
+class LocalSink:
+    """A worker's FrameQueue wired straight to a SipMedia, as the bridge wires them."""
+
+    def __init__(self, post: Any) -> None:
+        self.media: SipMedia | None = None
+        self.queue = FrameQueue(lambda: post(self._progress))
+
+    def put(self, key: int, frames: list[bytes]) -> None:
+        self.queue.put(key, frames)
+
+    def clear(self) -> None:
+        assert self.media is not None
+        self.media.cleared(self.queue.clear())
+
+    def _progress(self) -> None:
+        assert self.media is not None
+        self.media.progress(self.queue.collect())
+
+
 async def test_sip_media_reports_frames_taken_in_few_hand_overs() -> None:
     loop = asyncio.get_running_loop()
     posts: list[object] = []
@@ -319,11 +339,14 @@ async def test_sip_media_reports_frames_taken_in_few_hand_overs() -> None:
         posts.append(fn)
         loop.call_soon_threadsafe(fn)
 
-    media = SipMedia(post, hung_up.append, lambda: closed.append(True), lambda target, report: None)
+    sink = LocalSink(post)
+    queue = sink.queue
+    media = sink.media = SipMedia(sink, post, hung_up.append, lambda: closed.append(True),
+                                  lambda target, report: None)
     first = media.play(b"\x00\x01" * 8000, 8000)  # 1 s: 50 frames
     second = media.play(b"\x00\x01" * 1600, 8000)  # 0.2 s: 10 frames
     # Taken on another thread, as pjsua2's media clock does (there, one every 20 ms).
-    taken = await asyncio.to_thread(lambda: [media.frames.take() for _ in range(61)])
+    taken = await asyncio.to_thread(lambda: [queue.take() for _ in range(61)])
     assert [len(f) for f in taken[:60] if f is not None] == [320] * 60 and taken[60] is None
     async with asyncio.timeout(5):
         assert await first.wait() is PlaybackState.FINISHED
@@ -336,7 +359,7 @@ async def test_sip_media_reports_frames_taken_in_few_hand_overs() -> None:
     third = media.play(b"\x00\x01" * 8000, 8000)
     await media.aclose()
     assert third.state is PlaybackState.INTERRUPTED and third.frames_played == 0
-    assert closed == [True] and media.frames.take() is None
+    assert closed == [True] and queue.take() is None
     with pytest.raises(MediaUnsupported):
         media.play(b"\x00\x01" * 160, 8000)
 
@@ -432,7 +455,10 @@ class ReferPeer:
 
 def scripted_media(peer: ReferPeer) -> SipMedia:
     loop = asyncio.get_running_loop()
-    return SipMedia(loop.call_soon_threadsafe, lambda reason: None, lambda: None, peer.transfer)
+    sink = LocalSink(loop.call_soon_threadsafe)
+    media = sink.media = SipMedia(sink, loop.call_soon_threadsafe, lambda reason: None, lambda: None,
+                                  peer.transfer)
+    return media
 
 
 async def test_sip_media_transfer_outcomes() -> None:

@@ -74,7 +74,8 @@ class Recorder:
 
 
 class UserAgent:
-    """A running SipEndpoint whose admitted calls are recorded (and answered unless told)."""
+    """A running SipEndpoint whose admitted calls are routed as the service does (404 from
+    `refuse` when PLAN does not take the number), recorded and answered unless told."""
 
     def __init__(self, settings: SipSettings, *, answer: bool = True, auth: DigestAuth | None = None,
                  transfer_to: str | None = None) -> None:
@@ -82,15 +83,14 @@ class UserAgent:
         self.calls: list[Recorder] = []
         self._answer = answer
         self._transfer_to = transfer_to
-        screen = Screen(settings.allow_from, auth, self._route, settings.max_calls)
+        screen = Screen(settings.allow_from, auth, settings.max_calls)
         self.endpoint = SipEndpoint(settings, screen, self._admit)
 
-    @staticmethod
-    def _route(user: str) -> Dialplan | None:
-        return PLAN if PLAN.matches("sip", user) else None
-
-    def _admit(self, offer: Offer, plan: Dialplan, serial: int) -> Recorder:
+    def _admit(self, offer: Offer, serial: int) -> Recorder:
         rec = Recorder(offer, serial)
+        if not PLAN.matches("sip", offer.user):
+            self.endpoint.refuse(serial, 404, "Not Found")
+            return rec
         self.calls.append(rec)
         if self._answer:
             self.endpoint.answer(serial, 200)

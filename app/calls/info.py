@@ -41,6 +41,7 @@ class EndReason(StrEnum):
     DISCONNECTED = "disconnected"  # the connection dropped without a goodbye
     TIMEOUT = "timeout"  # Twilio: no message for 30 s
     RTP_TIMEOUT = "rtp_timeout"  # SIP: no RTP for `[sip] rtp_timeout_s`
+    SIP_WORKER_LOST = "sip_worker_lost"  # SIP: the worker process carrying the call died
     STOP = "stop"  # /v1/stream: the client sent stop_transcription
     SINGLE_UTTERANCE = "single_utterance"  # /v1/stream: the first final ended the session
     MESSAGE_TOO_LARGE = "message_too_large"  # /v1/stream: a message over the limit
