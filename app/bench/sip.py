@@ -1,15 +1,18 @@
 """`python -m app bench sip --calls N`: N concurrent sipp calls, each streaming speech.
 
-In one process: the speech engine, a Hearsay server with the SIP user agent on loopback
-ports, and a signature-checking webhook consumer; then one `sipp` process places N calls at
-once (tests/sipp/uac_stream.xml), each streaming the same μ-law file in real time: a second of
-silence, then a few speech clips separated by silence, then a BYE.
+In one process: the speech engine, a Hearsay server and a signature-checking webhook consumer.
+SIP runs as the service runs it: one worker process up to 4 calls, else one per 4 calls behind
+Kamailio (docs/sip.md). One `sipp` process, on its own, places N calls at once
+(tests/sipp/uac_stream.xml) to `[sip] port`, each streaming the same μ-law file in real time:
+a second of silence, then a few speech clips separated by silence, then a BYE.
 
 Latency per clip: from the true end of its speech (the moment its last loud frame was due
 at Hearsay, counted from when the hub started the call, just before the 200 OK) to the arrival
 at the webhook of the `utterance.final` covering it. Reported: p50/p95/max, WER, process CPU
-(percent of one core), peak RSS, frames the engine dropped, and audio lost on the way (seconds
-sent minus seconds the call received). Target: the largest N with p95 <= 1.5 s and no lost audio.
+(percent of one core) and peak RSS of the service and of each SIP worker, the bridge's added
+latency per frame (worker's pjsua2 -> service, p50/p95 from `hearsay_sip_bridge_latency_seconds`
+buckets: "<= x ms"), frames the engine dropped, and audio lost on the way (seconds sent minus
+seconds the call received). Target: the largest N with p95 <= 1.5 s and no lost audio.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -29,7 +33,7 @@ import numpy as np
 from app.audiofile import iter_pcm16
 from app.bench.common import SPEECH_DIR, bench_service, speech_end_s, wer
 from app.bench.consumer import WebhookConsumer
-from app.keys import CALL_HUB
+from app.keys import CALL_HUB, HEALTH_CHECKS, METRICS
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
 from app.settings import Settings, load_settings
@@ -114,6 +118,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(0.01)
 
             watcher = asyncio.ensure_future(watch())
+            workers = [w["pid"] for w in service.app[HEALTH_CHECKS]["sip"]()["workers"]]
+            worker_cpu0 = [_cpu_s(pid) for pid in workers]
             cpu0, wall0 = time.process_time(), time.monotonic()
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -131,10 +137,40 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
                 watcher.cancel()
                 dropped = service.dropped_frames("sip")
+                worker_stats = [{"pid": pid, "peak_rss_mb": _peak_rss_mb(pid),
+                                 "cpu_percent_of_one_core": round(100 * (_cpu_s(pid) - c0) / wall, 1)}
+                                for pid, c0 in zip(workers, worker_cpu0, strict=True)]
+                bridge = _bucket_percentiles(service.app[METRICS].sip_bridge_latency, (50, 95))
     finally:
         await engine.aclose()
         await loop.run_in_executor(None, engine.close)
-    return _summarise(args.calls, consumer, arrivals, started, ends, length_s, cpu, wall, int(dropped))
+    summary = _summarise(args.calls, consumer, arrivals, started, ends, length_s, cpu, wall, int(dropped))
+    summary["workers"] = worker_stats
+    summary["bridge_p50_ms_at_most"], summary["bridge_p95_ms_at_most"] = bridge
+    return summary
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return 0
+
+
+def _bucket_percentiles(histogram: Any, wanted: tuple[int, ...]) -> tuple[float | None, ...]:
+    """For each percentile, the upper bound (ms) of the histogram bucket it falls in."""
+    buckets = [(float(s.labels["le"]), s.value) for family in histogram.collect() for s in family.samples
+               if s.name.endswith("_bucket")]
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return tuple(None for _ in wanted)
+    return tuple(next(round(le * 1000, 1) for le, count in buckets if count >= total * p / 100) for p in wanted)
 
 
 def _summarise(n: int, consumer: WebhookConsumer, arrivals: dict[str, float], started: dict[str, float],
@@ -176,4 +212,8 @@ def _format(s: dict[str, Any]) -> str:
             f"  WER {s['wer']}   CPU {s['cpu_percent_of_one_core']}% of one core   peak RSS "
             f"{s['peak_rss_mb']} MB   dropped frames {s['dropped_frames']}   audio lost "
             f"{s['audio_lost_s']} s\n"
+            f"  SIP workers: " + ", ".join(
+                f"pid {w['pid']} CPU {w['cpu_percent_of_one_core']}% RSS {w['peak_rss_mb']} MB"
+                for w in s["workers"]) + "\n"
+            f"  bridge per frame: p50 <= {s['bridge_p50_ms_at_most']} ms, p95 <= {s['bridge_p95_ms_at_most']} ms\n"
             f"  target (p95 <= 1500 ms, no lost audio): {'met' if ok else 'NOT met'}")
