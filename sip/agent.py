@@ -39,8 +39,9 @@ from app.pipeline.types import AudioFormat, Encoding
 from app.settings import SipSettings
 from sip.bridge import Kind, Message
 from sip.errors import SipStartError
-from sip.media import SAMPLE_RATE, SipMedia, TransferReport
+from sip.media import SipMedia
 from sip.topology import Topology, plan
+from sip.types import SAMPLE_RATE, TransferReport
 from sip.workers import WorkerLink, WorkerPool
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from typing import Protocol
 import pjsua2 as pj
 
 from app.calls.info import EndReason
-from sip.media import SAMPLE_RATE, TransferReport
 from sip.screen import Offer
+from sip.types import SAMPLE_RATE, TransferReport
 
 log = logging.getLogger("hearsay.sip")
 

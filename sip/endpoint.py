@@ -44,8 +44,8 @@ from sip.account import (
 )
 from sip.call import CallEvents, MediaPorts, SipCall
 from sip.errors import SipStartError
-from sip.media import TransferReport
 from sip.screen import Offer, Screen, Verdict, address_uri, header, request_user, source_ip
+from sip.types import TransferReport
 
 log = logging.getLogger("hearsay.sip")
 

@@ -32,18 +32,14 @@ from typing import Protocol
 
 from app.calls.info import EndReason
 from app.calls.media import MediaUnsupported, Playback, PlaybackState, check_sip_uri, frames_of
+from sip.types import SAMPLE_RATE, TransferReport
 
-SAMPLE_RATE = 8000  # the conference bridge's rate: what FramePlayer hands it
 # How long transfer() waits for the REFER's answer (a live peer answers at once; over UDP
 # pjsua2 retransmits it meanwhile), and then, once it was accepted, for the outcome: the
 # caller's side is calling the target, which may ring for a while.
 REFER_ANSWER_S = 5.0
 TRANSFER_RESULT_S = 30.0
 
-# A transfer's progress, called on the SIP thread as report(code, reason, final): the REFER's
-# 2xx comes as (100, "Accepted", False), then each NOTIFY's sipfrag status (final once the
-# subscription ends); a refused REFER as its answer (e.g. 603), one never sent as (0, why, True).
-TransferReport = Callable[[int, str, bool], None]
 
 class TransferFailed(MediaUnsupported):
     """The caller was not moved: its side refused the REFER, reported that the target failed,

@@ -38,7 +38,8 @@ from app.pipeline.types import AudioFormat, Encoding, Transcript
 from app.server import create_app
 from app.settings import Settings
 from sip.frames import FrameQueue
-from sip.media import SipMedia, TransferFailed, TransferReport
+from sip.media import SipMedia, TransferFailed
+from sip.types import TransferReport
 from tests.sip_helpers import (
     RtpListener,
     RtpPacket,
