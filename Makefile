@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests use as real peers (sipp as the SIP caller, sipvicious for scans,
 # nodejs runs the Node.js signature-check snippet of docs/webhooks.md, espeak-ng is the
-# "espeak" talk-back voice; `make run` works without it, docs/voices.md).
-TEST_DEBS := sip-tester sipvicious sox nodejs espeak-ng
+# "espeak" talk-back voice; `make run` works without it, docs/voices.md; kamailio fronts the
+# SIP workers when `[sip] max_calls` is above 4, docs/sip.md).
+TEST_DEBS := sip-tester sipvicious sox nodejs espeak-ng kamailio
 
 .PHONY: run test install install-test debs lint clean
 

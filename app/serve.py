@@ -22,6 +22,7 @@ from aiohttp import web
 from app.dialplans import DialplanError
 from app.logs import setup_logging
 from app.settings import Settings, SettingsError, load_settings
+from sip.errors import SipStartError
 
 log = logging.getLogger("hearsay.serve")
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except DialplanError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    except OSError as exc:
+    except (OSError, SipStartError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

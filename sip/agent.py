@@ -25,9 +25,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.calls import CallInfo, CallMedia, CallRejected, CallSource, EndReason, Rejection
@@ -40,7 +43,8 @@ from app.settings import SipSettings
 from sip.bridge import Kind, Message
 from sip.errors import SipStartError
 from sip.media import SipMedia
-from sip.topology import Topology, plan
+from sip.proxy import KamailioProxy, ProxyPlan, kamailio_binary
+from sip.topology import CALLS_PER_WORKER, Topology, plan
 from sip.types import SAMPLE_RATE, TransferReport
 from sip.workers import WorkerLink, WorkerPool
 
@@ -104,18 +108,43 @@ class SipAgent:
         self.settings = settings
         self._hub = hub
         self._metrics = metrics
-        self._topology: Topology = plan(settings, nonce_key=secrets.token_hex(32), log_level=log_level)
+        try:
+            self._topology: Topology = plan(settings, nonce_key=secrets.token_hex(32), log_level=log_level)
+        except ValueError as exc:
+            raise SipStartError(str(exc)) from None
         self._pool = WorkerPool(self._topology, self, on_restart=self._count_restart)
+        self._proxy: KamailioProxy | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
 
     async def start(self) -> None:
-        """Start the workers and wait until each listens (raises SipStartError)."""
+        """Start the workers, and Kamailio in front of them when there are several; wait until
+        each answers (raises SipStartError, e.g. ProxyStartError when Kamailio is missing)."""
+        if self._topology.proxied:
+            kamailio_binary(self.settings.max_calls)  # before anything starts
         await self._pool.start()
         self._started = True
+        if self._topology.proxied:
+            s = self.settings
+            proxy = KamailioProxy(ProxyPlan(
+                host=s.host, port=s.port, transports=tuple(s.transports), allow_from=tuple(s.allow_from),
+                workers=self._topology.worker_addresses, calls_per_worker=CALLS_PER_WORKER,
+                max_calls=s.max_calls), Path(tempfile.mkdtemp(prefix="hearsay-kamailio-")))
+            try:
+                await proxy.start()
+            except BaseException:
+                await self.stop()
+                shutil.rmtree(proxy.workdir, ignore_errors=True)
+                raise
+            self._proxy = proxy
 
     async def stop(self) -> None:
-        """Stop the workers (they hang up their calls), then wait for each call's end."""
+        """Stop the proxy (no new calls), then the workers (they hang up their calls), then
+        wait for each call's end."""
+        proxy, self._proxy = self._proxy, None
+        if proxy is not None:
+            await proxy.stop()
+            shutil.rmtree(proxy.workdir, ignore_errors=True)
         if self._started:
             self._started = False
             await self._pool.stop()
@@ -132,14 +161,18 @@ class SipAgent:
             for w in workers:
                 self._metrics.sip_worker_up.labels(str(w["worker"])).set(int(w["state"] == "serving"))
                 self._metrics.sip_worker_calls.labels(str(w["worker"])).set(w["active_calls"])
-        return {
+        health: dict[str, Any] = {
             "status": status,
-            "proxied": self._topology.proxied,
             "workers": workers,
             "active_calls": sum(w["active_calls"] for w in workers),
             "refused_calls": sum(w["refused_calls"] for w in workers),
             "registrations": self._pool.registrations(),
         }
+        if self._proxy is not None:
+            proxy = health["proxy"] = self._proxy.health()
+            if proxy["status"] != "ok" and status == "ok":
+                health["status"] = "degraded"
+        return health
 
     # -- the workers' messages (sip/workers.py's LinkHandler) -------------------------------
 

@@ -9,11 +9,15 @@ Not a test module itself; used by test_sip_endpoint, test_sip_agent and test_tal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import secrets
+import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -219,3 +223,92 @@ class RtpListener:
             if packet is not None:
                 with self._lock:
                     self.packets.append(packet)
+
+
+KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+
+REGISTRAR_CFG = """\
+#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+disable_tcp=yes
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "textops.so"
+loadmodule "auth.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+modparam("registrar", "min_expires", 1)
+request_route {{
+	if (is_method("OPTIONS")) {{
+		sl_send_reply("200", "OK");
+		exit;
+	}}
+	if (!is_method("REGISTER")) {{
+		sl_send_reply("405", "Method Not Allowed");
+		exit;
+	}}
+	if (!is_present_hf("Authorization")) {{
+		www_challenge("hearsay.test", "0");
+		exit;
+	}}
+	xlog("L_INFO", "REGISTER from $si:$sp contact $ct\\n");
+	save("location");
+}}
+"""
+
+
+def _write_registrar(directory: Path) -> tuple[int, Path]:
+    port = free_port()
+    directory.mkdir()
+    (directory / "registrar.cfg").write_text(REGISTRAR_CFG.format(port=port))
+    return port, directory / "registrar.log"
+
+
+@contextlib.asynccontextmanager
+async def run_registrar(directory: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A Kamailio as a trunk's registrar (challenges, then saves any binding and logs each
+    REGISTER's source and Contact): its UDP port on 127.0.0.1 and its log file."""
+    port, log = _write_registrar(directory)
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            KAMAILIO, "-DD", "-E", "-f", str(directory / "registrar.cfg"), "-Y", str(directory), "-m", "32", "-M", "4",
+            stdout=out, stderr=out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while await options(port, wait_s=0.2) != "SIP/2.0 200 OK":
+            assert process.returncode is None and time.monotonic() < deadline, log.read_text()
+        yield port, log
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 10)
+
+
+async def options(port: int, *, source: str = "127.0.0.1", wait_s: float = 0.5) -> str | None:
+    """Send one OPTIONS from `source` to 127.0.0.1:`port`; the reply's status line, or None."""
+    return await asyncio.to_thread(_options_blocking, port, source, wait_s)
+
+
+def _options_blocking(port: int, source: str, wait_s: float) -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(wait_s)
+        local = s.getsockname()[1]
+        tag = secrets.token_hex(5)
+        s.sendto((f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP {source}:{local};branch=z9hG4bK{tag}\r\n"
+                  f"From: <sip:probe@{source}>;tag={tag}\r\nTo: <sip:127.0.0.1:{port}>\r\n"
+                  f"Call-ID: {tag}@probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                  ).encode(), ("127.0.0.1", port))
+        try:
+            return s.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
+        except TimeoutError:
+            return None
+
+

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speech-dir", default=str(SPEECH_DIR), help="directory with the clips")
     parser.add_argument("--config", default="settings.toml", help="settings file (engine settings)")
     parser.add_argument("--port", type=int, default=25060, help="SIP port for the run (default 25060)")
+    parser.add_argument("--max-calls", type=int, default=0,
+                        help="[sip] max_calls for the run (default: the settings' value, raised to --calls); "
+                             "above 4, calls go through Kamailio to SIP workers")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
@@ -102,8 +105,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         arrivals.setdefault(event["id"], at)
 
     started: dict[str, float] = {}
+    max_calls = args.max_calls or max(base.sip.max_calls, args.calls)
     settings = replace(base, sip=replace(base.sip, enabled=True, host="127.0.0.1", port=args.port, allow_from=[],
-                                         auth_username="", registrations=[], rtp_port_start=args.port + 1000))
+                                         auth_username="", registrations=[], rtp_port_start=args.port + 1000,
+                                         max_calls=max_calls))
     try:
         async with bench_service(settings, match='sip_user = ["*"]', engine=engine, on_event=arrived) as service:
             consumer = service.consumer
