@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -125,3 +126,22 @@ async def test_a_port_in_use_stops_start_up_naming_it(engine: Any, tmp_path: Pat
         with pytest.raises(SipStartError, match=f"sip.port: cannot listen on 127.0.0.1:{port}"):
             await server.start_server()
         await server.close()
+
+
+async def test_pjsua_lines_come_out_of_the_services_logging_not_stdout(
+    engine: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = enable_sip(make_settings(tmp_path))
+    settings = dataclasses.replace(settings, log=dataclasses.replace(settings.log, level="debug"))
+    server = TestServer(create_app(settings, engine=engine), host="127.0.0.1")
+    await server.start_server()
+    await server.close()
+    # pjsua's own lines, through the worker's bridge (pjsua: ...) and its stdout (pjlib's
+    # start-up banner), at DEBUG, tagged with the worker.
+    pjsua = [r for r in caplog.records if r.getMessage().startswith("sip-worker 0: pjsua:")]
+    banner = [r for r in caplog.records if r.name == "hearsay.sip.worker"]
+    assert pjsua and banner, [r.getMessage() for r in caplog.records][:20]
+    assert {r.levelno for r in pjsua + banner} == {logging.DEBUG}
+    out, err = capfd.readouterr()
+    assert "pjsua" not in out and "pjlib" not in out and "pjlib" not in err
