@@ -2,9 +2,10 @@
 FROM python:3.11-slim
 
 WORKDIR /srv/hearsay
-# libgomp for CTranslate2; espeak-ng for talk-back's fallback voice. Models and the default voice
-# come from PyPI packages.
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 espeak-ng make \
+# libgomp for CTranslate2; espeak-ng for talk-back's fallback voice; kamailio in front of the
+# SIP workers when HEARSAY_SIP_MAX_CALLS is above 4. Models and the default voice come from
+# PyPI packages.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 espeak-ng kamailio make \
     && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml README.md ./

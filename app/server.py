@@ -11,7 +11,7 @@ in order (shutdown closes in reverse):
                 live set (`hub.dialplans`, replaced by SIGHUP); closing the hub ends every
                 live call, so in-flight utterances are finalised and their events reach the
                 outbox before the Deliverer stops
-    ingress     each source's own context (the SIP user agent)
+    ingress     each source's own context (the SIP workers, and Kamailio in front of several)
     talkback    the text-to-speech voice and the media fetcher; a CallTalk per call, fed by the
                 Deliverer's webhook answers and POST /v1/calls/{id}/actions (app.talkback)
 
@@ -67,7 +67,7 @@ log = logging.getLogger("hearsay.server")
 INGRESS: tuple[Callable[[web.Application], None], ...] = (
     stream_api.setup,  # GET /v1/stream
     twilio.setup,  # POST /twilio/voice, GET /twilio/media
-    sip_agent.setup,  # the SIP user agent
+    sip_agent.setup,  # the SIP workers
 )
 
 # How long shutdown waits for the Deliverer to send what is due before leaving it in the outbox.
@@ -235,4 +235,10 @@ async def metrics(request: web.Request) -> web.Response:
         registry.outbox_depth.set(await app[OUTBOX].depth())
     except Exception:
         log.warning("outbox depth unavailable for /metrics", exc_info=True)
+    # A component's health check also sets its gauges (the SIP workers' up and calls).
+    for name, check in app[HEALTH_CHECKS].items():
+        try:
+            check()
+        except Exception:
+            log.warning("%s health unavailable for /metrics", name, exc_info=True)
     return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -57,7 +57,8 @@ HANGUP_WAIT_S = 3.0  # how long shutdown waits for calls to disconnect
 # against maxCalls = 20: 4 accepted). Its media ioqueue also holds only 64 sockets, 2 per
 # call, a closed one reusable ~0.5 s later, and pjlib aborts the process past that; refusals
 # are therefore sent REFUSE_DELAY_S late, so an INVITE flood churns slots at most once a
-# second. Raising MAX_ADMITTED needs a pjsua2 build with a larger PJSUA_MAX_CALLS.
+# second (a proxy in front limits floods itself: see EndpointOptions.refuse_delay_s). More
+# calls than MAX_ADMITTED take more worker processes (sip/topology.py).
 CALL_SLOTS = 4
 MAX_ADMITTED = 4
 REFUSE_DELAY_S = 1.0

@@ -142,7 +142,9 @@ class WorkerPool:
                     with contextlib.suppress(ProcessLookupError):
                         slot.process.kill()
             if pending:
-                await asyncio.wait(pending, timeout=5.0)
+                _, stuck = await asyncio.wait(pending, timeout=5.0)
+                for task in stuck:
+                    task.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -202,7 +204,6 @@ class WorkerPool:
         slot.state = WorkerState.STOPPED
 
     async def _run_once(self, slot: _Slot) -> int | None:
-        slot.state = WorkerState.STARTING if slot.state is not WorkerState.RESTARTING else slot.state
         slot.serving_since = 0.0
         slot.error = ""
         process = slot.process = await asyncio.create_subprocess_exec(
