@@ -114,7 +114,8 @@ def render_config(plan: ProxyPlan, list_file: Path | str = LIST_NAME) -> str:
         head += [f"listen={proto}:{host}:{plan.port}" for proto in ("udp", "tcp") if proto in {"udp", *listening}]
     head += ["", *(f'loadmodule "{m}.so"' for m in _MODULES), ""]
     params: dict[str, list[tuple[str, int | str]]] = {
-        "tm": [("fr_timer", 2000), ("fr_inv_timer", 30000)],
+        # no DNS failover: every next hop is an address (and it warns on a multihomed host)
+        "tm": [("fr_timer", 2000), ("fr_inv_timer", 30000), ("reparse_on_dns_failover", 0)],
         "rr": [("enable_full_lr", 0), ("append_fromtag", 0)],
         "sanity": [("autodrop", 0)],
         "pike": [("sampling_time_unit", plan.pike_interval_s), ("reqs_density_per_unit", plan.pike_density),
