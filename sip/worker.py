@@ -138,7 +138,10 @@ class Worker:
             if message is None:
                 log.info("the service closed the bridge")
                 return
-            self._dispatch(message)
+            try:
+                self._dispatch(message)
+            except Exception:  # one bad message must not cost the other calls
+                log.exception("handling %s for call %d failed", message.kind.name, message.call)
 
     def _dispatch(self, message: Message) -> None:
         endpoint = self._endpoint

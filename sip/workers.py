@@ -273,10 +273,14 @@ class WorkerPool:
                 return
             if message is None:
                 return
-            if message.call:
-                self._handler.on_message(link, message)
-            elif message.event is not None:
-                self._worker_event(slot, message.event)
+            try:
+                if message.call:
+                    self._handler.on_message(link, message)
+                elif message.event is not None:
+                    self._worker_event(slot, message.event)
+            except Exception:  # a bug handling one message must not cost the worker's calls
+                log.exception("SIP worker %d: handling %s for call %d failed", slot.config.index,
+                              message.kind.name, message.call)
 
     def _worker_event(self, slot: _Slot, event: dict[str, Any]) -> None:
         kind = event["type"]
