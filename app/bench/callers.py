@@ -1,0 +1,159 @@
+"""Callers for the load benchmarks: who calls when, saying what, and how their finals score.
+
+Callers load the service the way phone calls do: each starts at its own moment (uniformly
+within `stagger_s` of the first, seeded), says `per_call` different clips from `POOL` (caller n
+starts at clip 3n, so neighbours differ) with GAP_S of silence after each, and stays HOLD_S
+after the last before hanging up. Audio is 8 kHz, sent in 20 ms frames in real time.
+
+A clip's latency is from its true end of speech (`speech_end_s`, the moment the caller sent
+that audio) to the arrival at the webhook consumer of the `utterance.final` covering it, both
+on this process's monotonic clock. WER is pooled over every call: all the errors over all the
+reference words, each call's `call.ended` transcript against its clips' references.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.audiofile import iter_pcm16
+from app.bench.common import normalize, speech_end_s
+
+POOL = ("arctic-aew-a0001", "timit-LDC93S1", "ljspeech-LJ001-0004", "arctic-aew-a0002", "cards-005",
+        "ljspeech-LJ001-0011", "arctic-aew-a0003", "ljspeech-LJ001-0013", "ljspeech-LJ001-0006",
+        "ljspeech-LJ001-0002", "ljspeech-LJ001-0016", "ljspeech-LJ001-0008")
+RATE = 8000
+LEAD_S, GAP_S, HOLD_S = 1.0, 1.5, 1.5
+# An utterance.final covers a clip's end if it ends no earlier than this before it (Whisper's
+# end times are coarse) and starts before it.
+COVER_SLACK_S = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    id: str
+    samples: np.ndarray  # 8 kHz, float32 in [-1, 1]
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerPlan:
+    """One caller: when it calls (seconds after the first), what it says, and where in its
+    call (seconds from the first frame) each clip's speech ends."""
+
+    index: int
+    start_s: float
+    clips: tuple[Clip, ...]
+    samples: np.ndarray  # the whole call at 8 kHz
+    ends_s: tuple[float, ...]
+
+    @property
+    def reference(self) -> str:
+        return " ".join(c.reference for c in self.clips)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / RATE
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """What one caller did: its call's id and when its audio second 0 was sent."""
+
+    plan: CallerPlan
+    call_id: str
+    started_at: float
+
+
+def load_pool(speech_dir: Path, ids: Sequence[str] = POOL) -> list[Clip]:
+    rows = (speech_dir / "manifest.tsv").read_text().splitlines()
+    manifest = {r.split("\t")[0]: r.split("\t") for r in rows[1:]}
+    clips = []
+    for clip_id in ids:
+        if clip_id not in manifest:
+            raise SystemExit(f"unknown clip {clip_id!r} (see {speech_dir}/manifest.tsv)")
+        pcm = np.concatenate(list(iter_pcm16(speech_dir / manifest[clip_id][1], RATE)))
+        clips.append(Clip(clip_id, pcm.astype(np.float32) / 32768, manifest[clip_id][5]))
+    return clips
+
+
+def plan_callers(pool: Sequence[Clip], n: int, *, per_call: int = 3, stagger_s: float = 3.0,
+                 seed: int = 0) -> list[CallerPlan]:
+    rng = random.Random(seed)
+    starts = sorted(rng.uniform(0.0, stagger_s) for _ in range(n)) if n > 1 else [0.0]
+    plans = []
+    for i in range(n):
+        clips = tuple(pool[(per_call * i + k) % len(pool)] for k in range(per_call))
+        parts = [np.zeros(int(LEAD_S * RATE), np.float32)]
+        ends, at = [], LEAD_S
+        for clip in clips:
+            ends.append(at + speech_end_s(clip.samples, RATE))
+            parts += [clip.samples, np.zeros(int(GAP_S * RATE), np.float32)]
+            at += len(clip.samples) / RATE + GAP_S
+        plans.append(CallerPlan(i, starts[i] - starts[0], clips, np.concatenate(parts), tuple(ends)))
+    return plans
+
+
+def score(outcomes: Sequence[CallOutcome], events: Sequence[Mapping[str, Any]],
+          arrivals: Mapping[str, float]) -> dict[str, Any]:
+    """Latency p50/p95/max (ms), utterances measured and missed, pooled WER, calls ended."""
+    latencies: list[float] = []
+    missed = 0
+    refs, hyps = [], []
+    by_call: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events:
+        by_call.setdefault(event["call"]["id"], []).append(event)
+    ended = 0
+    for outcome in outcomes:
+        mine = by_call.get(outcome.call_id, [])
+        finals = [e for e in mine if e["type"] == "utterance.final"]
+        for end_s in outcome.plan.ends_s:
+            covering = [e for e in finals if e["utterance"]["end_s"] >= end_s - COVER_SLACK_S
+                        and e["utterance"]["start_s"] <= end_s]
+            if not covering or covering[0]["id"] not in arrivals:
+                missed += 1
+                continue
+            latencies.append(arrivals[covering[0]["id"]] - (outcome.started_at + end_s))
+        end = next((e for e in mine if e["type"] == "call.ended"), None)
+        ended += end is not None
+        refs.append(outcome.plan.reference)
+        hyps.append(end["transcript"] if end is not None else " ".join(e["utterance"]["text"] for e in finals))
+    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    return {
+        "calls": len(outcomes), "calls_ended": ended,
+        "utterances_measured": len(latencies), "utterances_missed": missed,
+        "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000),
+        "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000),
+        "latency_max_ms": round(float(lat.max()) * 1000),
+        "wer": pooled_wer(refs, hyps),
+    }
+
+
+def pooled_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float | None:
+    """All the word errors over all the reference words (None without the test extras)."""
+    try:
+        import jiwer
+    except ImportError:
+        return None
+    refs = [normalize(r) for r in references]
+    hyps = [normalize(h) for h in hypotheses]
+    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
+    if not pairs:
+        return None
+    return round(float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])), 4)
+
+
+def format_summary(name: str, s: Mapping[str, Any]) -> str:
+    """The human-readable lines of a load benchmark's summary (`score` plus usage figures)."""
+    return (f"{name} bench: {s['calls']} caller(s), {s['calls_ended']} ended, real time, separate processes\n"
+            f"  end of speech -> webhook: p50 {s['latency_p50_ms']} ms, p95 {s['latency_p95_ms']} ms, "
+            f"max {s['latency_max_ms']} ms ({s['utterances_measured']} utterances, "
+            f"{s['utterances_missed']} missed)\n"
+            f"  WER {s['wer']}   service CPU {s['service_cpu_percent']}% of one core, peak RSS "
+            f"{s['service_peak_rss_mb']} MB   load generator CPU {s['load_cpu_percent']}%   "
+            f"dropped frames {s['dropped_frames']}")

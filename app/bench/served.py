@@ -1,0 +1,195 @@
+"""The service as users run it, for the load benchmarks: `python -m app serve` in a process
+of its own, loaded by callers in this one.
+
+    async with served("settings.toml", {"sip": {"enabled": False}}, match='twilio_to = ["*"]',
+                      on_event=arrived) as service:
+        service.http                 # "127.0.0.1:<port>"
+        service.consumer             # the signature-checking webhook consumer (this process)
+        service.usage()              # CPU seconds and peak RSS of the service (and its children)
+        await service.dropped_frames("twilio")
+
+The settings file (when it exists) is read, the overrides applied, and the result written to a
+temporary file with the HTTP address, the dialplans (one, `bench`, whose `[match]` body is
+`match` and whose webhook is the consumer) and the outbox in a temporary directory. Trunk
+registrations are dropped: a benchmark registers nowhere. The service's log goes to
+`<workdir>/serve.log`; its last lines are shown if it fails to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from app.bench.common import SECRET
+from app.bench.consumer import WebhookConsumer
+
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """CPU seconds (user + system) and peak RSS (MB) of one process."""
+
+    cpu_s: float
+    peak_rss_mb: int
+
+
+def process_usage(pid: int) -> Usage:
+    """What process `pid` has used so far (Linux /proc); zeros once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return Usage(0.0, 0)
+    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    return Usage(cpu, round(hwm / 1024))
+
+
+def own_usage() -> Usage:
+    """What this process (the load generator) has used so far."""
+    return process_usage(os.getpid())
+
+
+@dataclass
+class ServedService:
+    """A running `python -m app serve` and its webhook consumer."""
+
+    process: asyncio.subprocess.Process
+    http: str
+    consumer: WebhookConsumer
+    workdir: Path
+
+    def usage(self) -> Usage:
+        return process_usage(self.process.pid)
+
+    async def get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as http, http.get(f"http://{self.http}{path}") as answer:
+            return await (answer.json() if path == "/health" else answer.text())
+
+    async def counter(self, name: str, **labels: str) -> float:
+        """The sum of a counter's samples in `/metrics` whose labels include `labels`."""
+        total = 0.0
+        for line in (await self.get("/metrics")).splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                head, _, value = line.rpartition(" ")
+                if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                    total += float(value)
+        return total
+
+    async def dropped_frames(self, source: str) -> int:
+        return int(await self.counter("hearsay_dropped_frames_total", source=source))
+
+
+@contextlib.asynccontextmanager
+async def served(config: str, overrides: Mapping[str, Mapping[str, Any]], *, match: str,
+                 on_event: Callable[[dict[str, Any], float], None] | None = None) -> AsyncIterator[ServedService]:
+    """Run the service (see the module docstring) until the block ends, then SIGTERM it."""
+    consumer = WebhookConsumer(SECRET, on_event=on_event)
+    url = await consumer.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="hearsay-bench-") as tmp:
+            workdir = Path(tmp)
+            port = _free_port()
+            settings_file = _write_settings(workdir, config, overrides, match, url, port)
+            with (workdir / "serve.log").open("wb") as log:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "app", "serve", "--config", str(settings_file),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+            service = ServedService(process, f"127.0.0.1:{port}", consumer, workdir)
+            try:
+                await _until_healthy(service)
+                yield service
+            finally:
+                if process.returncode is None:
+                    process.terminate()
+                    try:
+                        await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+                    except TimeoutError:
+                        process.kill()
+                        await process.wait()
+    finally:
+        await consumer.stop()
+
+
+async def _until_healthy(service: ServedService) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if service.process.returncode is not None:
+            tail = (service.workdir / "serve.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the service exited ({service.process.returncode}):\n{tail}")
+        with contextlib.suppress(aiohttp.ClientError, ValueError):
+            if (await service.get("/health")).get("status") == "healthy":
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the service was not healthy within {START_TIMEOUT_S:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+def _write_settings(workdir: Path, config: str, overrides: Mapping[str, Mapping[str, Any]], match: str,
+                    url: str, port: int) -> Path:
+    raw: dict[str, dict[str, Any]] = {}
+    if Path(config).exists():
+        raw = tomllib.loads(Path(config).read_text())
+    plans = workdir / "dialplans"
+    plans.mkdir()
+    (plans / "bench.toml").write_text(
+        f'name = "bench"\n[match]\n{match}\n[webhook]\nurl = "{url}"\nsecret = "{SECRET}"\n')
+    fixed: dict[str, dict[str, Any]] = {
+        "http": {"host": "127.0.0.1", "port": port},
+        "dialplans": {"dir": str(plans)},
+        "webhooks": {"outbox": str(workdir / "outbox.sqlite3")},
+        "talkback": {"preload_voice": False},
+    }
+    for source in (fixed, overrides):
+        for section, values in source.items():
+            raw.setdefault(section, {}).update(values)
+    raw.get("sip", {}).pop("registrations", None)
+    path = workdir / "settings.toml"
+    path.write_text(_toml(raw))
+    return path
+
+
+def _toml(raw: Mapping[str, Mapping[str, Any]]) -> str:
+    """Flat sections of strings, numbers, booleans and lists of them, as TOML."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = []
+    for section, values in raw.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value(v)}" for key, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    """A UDP port free on 127.0.0.1 right now (for a sipp caller's SIP socket)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
