@@ -48,6 +48,8 @@ class Metrics:
             "hearsay_webhook_deliveries", "Webhook delivery attempts by outcome", ["outcome"], registry=r)
         self.outbox_depth = Gauge(
             "hearsay_outbox_depth", "Events in the outbox waiting for delivery", registry=r)
+        self.refused_busy = Counter(
+            "hearsay_refused_busy", "Calls refused because [asr] max_live_calls were live", ["source"], registry=r)
         self.sip_worker_up = Gauge(
             "hearsay_sip_worker_up", "1 while the SIP worker serves, 0 while it is down or starting",
             ["worker"], registry=r)

@@ -162,7 +162,7 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("dialplans loaded from %s: %s", settings.dialplans.dir,
              ", ".join(p.name for p in plans) or "(none)")
     hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS],
-                  echo_margin_db=settings.talkback.echo_margin_db)
+                  echo_margin_db=settings.talkback.echo_margin_db, max_live_calls=settings.asr.max_live_calls)
     app[CALL_HUB] = hub
     yield
     await hub.close()

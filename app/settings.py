@@ -68,6 +68,7 @@ class AsrSettings:
     max_repeats: int = 4
     word_timestamps: bool = False
     model_cache_dir: str = "var/models"
+    max_live_calls: int = 32
 
 
 @dataclass(frozen=True, slots=True)

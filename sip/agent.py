@@ -65,11 +65,14 @@ MAX_EARLY_FRAMES = 500
 REFUSALS: Mapping[Rejection, tuple[int, str]] = {
     Rejection.UNAVAILABLE: (503, "Service Unavailable"),
     Rejection.DUPLICATE: (503, "Service Unavailable"),
+    Rejection.BUSY: (503, "Service Unavailable"),
     Rejection.UNSUPPORTED_AUDIO: (488, "Not Acceptable Here"),
     Rejection.UNKNOWN_MODEL: (500, "Server Internal Error"),
     Rejection.INVALID_CONFIG: (500, "Server Internal Error"),
 }
 INTERNAL_ERROR = (500, "Server Internal Error")
+# Seconds a caller refused as busy is asked to wait before trying again (Retry-After).
+BUSY_RETRY_AFTER_S = 5
 NOT_FOUND = (404, "Not Found")
 
 
@@ -325,7 +328,8 @@ class _Bridge:
             code, phrase = REFUSALS.get(exc.reason, INTERNAL_ERROR)
             log.warning("SIP call %s refused by the hub (%s: %s): %d %s", offer.call_id,
                         exc.reason.value, exc.message, code, phrase)
-            self._send("answer", code=code, reason=phrase)
+            headers = {"Retry-After": str(BUSY_RETRY_AFTER_S)} if exc.reason is Rejection.BUSY else {}
+            self._send("answer", code=code, reason=phrase, headers=headers)
             return
         except Exception:
             log.exception("SIP call %s: starting the call failed", offer.call_id)

@@ -169,9 +169,10 @@ class SipEndpoint:
         """Run `job` on the SIP thread (it must not block)."""
         self._jobs.put(job)
 
-    def answer(self, serial: int, code: int, reason: str = "") -> None:
-        """Answer an admitted call's INVITE (200 takes it; >= 300 refuses it)."""
-        self.call_soon(lambda: self._answer(serial, code, reason))
+    def answer(self, serial: int, code: int, reason: str = "", headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer an admitted call's INVITE (200 takes it; >= 300 refuses it, with `headers`
+        such as Retry-After)."""
+        self.call_soon(lambda: self._answer(serial, code, reason, headers))
 
     def refuse(self, serial: int, code: int, reason: str) -> None:
         """Refuse an admitted call the way screening does (`refuse_delay_s` late, counted in
@@ -322,11 +323,11 @@ class SipEndpoint:
                  call.offer.user, verdict.code, verdict.reason)
         self._refusals.append((time.monotonic() + self.options.refuse_delay_s, serial, verdict))
 
-    def _answer(self, serial: int, code: int, reason: str) -> None:
+    def _answer(self, serial: int, code: int, reason: str, headers: tuple[tuple[str, str], ...]) -> None:
         call = self._calls.get(serial)
         if call is not None and not call.gone:
             try:
-                call.respond(code, reason)
+                call.respond(code, reason, headers)
             except pj.Error as exc:
                 log.warning("answering %s failed: %s", call.offer.call_id, exc.info())
 

@@ -315,6 +315,7 @@ route[DISPATCH] {
 			sl_send_reply("486", "Busy Here");
 		} else {
 			xlog("L_ERR", "hearsay: no worker is up: $ci from $si refused (503)\n");
+			append_to_reply("Retry-After: 5\r\n");
 			sl_send_reply("503", "Service Unavailable");
 		}
 		exit;
@@ -360,7 +361,9 @@ failure_route[WORKER_FAILED] {
 	}
 	ds_load_unset();
 	if (t_check_status("503")) {
-		# relayed, a 503 would become 500 (RFC 3261 16.7); the caller should hear "try elsewhere"
+		# relayed, a 503 would become 500 (RFC 3261 16.7); the caller should hear "try again
+		# shortly" (the service is at [asr] max_live_calls, or a worker is restarting)
+		append_to_reply("Retry-After: 5\r\n");
 		t_reply("503", "Service Unavailable");
 	}
 }

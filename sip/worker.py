@@ -158,7 +158,8 @@ class Worker:
         if kind == "stop":
             self._stop.set()
         elif kind == "answer":
-            endpoint.answer(message.call, int(event["code"]), str(event.get("reason", "")))
+            headers = tuple((str(k), str(v)) for k, v in dict(event.get("headers") or {}).items())
+            endpoint.answer(message.call, int(event["code"]), str(event.get("reason", "")), headers)
         elif kind == "refuse":
             endpoint.refuse(message.call, int(event["code"]), str(event.get("reason", "")))
         elif kind == "hangup":

@@ -196,3 +196,16 @@ async def test_a_call_without_media_says_so_plainly(engine: Any, outbox: Outbox)
     assert call.media.clear() == []
     await call.end()
     assert call.end_reason is EndReason.HANGUP
+
+
+async def test_the_hub_refuses_past_max_live_calls_until_one_ends(engine: Any, outbox: Outbox) -> None:
+    hub = CallHub(engine, Dialplans([PLAN]), outbox, max_live_calls=2)
+    first, _ = await hub.start(info("c1"), PHONE), await hub.start(info("c2"), PHONE)
+    assert hub.full
+    with pytest.raises(CallRejected) as refused:
+        await hub.start(info("c3"), PHONE)
+    assert refused.value.reason is Rejection.BUSY and "max_live_calls" in refused.value.message
+    assert hub.get("c3") is None and hub.active == 2
+    await first.end()
+    assert not hub.full and (await hub.start(info("c3"), PHONE)).id == "c3"
+    await hub.close()

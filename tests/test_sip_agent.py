@@ -143,6 +143,27 @@ async def test_a_call_the_hub_refuses_gets_the_mapped_answer(
         await server.close()
 
 
+async def test_a_server_at_its_call_limit_answers_503_with_retry_after(
+    engine: Any, consumer: WebhookConsumer, tmp_path: Path
+) -> None:
+    settings = sip_app_settings(tmp_path, consumer)
+    settings = dataclasses.replace(settings, asr=dataclasses.replace(settings.asr, max_live_calls=1))
+    server = TestServer(create_app(settings, engine=engine), host="127.0.0.1")
+    await server.start_server()
+    try:
+        clip_ulaw("arctic-aew-a0003", tmp_path, tail_s=1.0)
+        first = asyncio.create_task(run_sipp_async("uac_stream.xml", settings.sip.port, "100", tmp_path,
+                                                   pause_ms=8000))
+        async with asyncio.timeout(WAIT_S):
+            await consumer.wait_for(lambda c: c.of_type("call.started"))
+        refused = await run_sipp_async("uac_refused.xml", settings.sip.port, "100", tmp_path)
+        assert "refused 503 retry-after 5" in refused.log, refused.output
+        assert (await first).returncode == 0  # the call in progress was not disturbed
+        assert len(consumer.of_type("call.started")) == 1
+    finally:
+        await server.close()
+
+
 # -- the outbound side: call.media.play() into a SIP call ------------------------------------
 
 SPOKEN = "ljspeech-LJ001-0011"  # 4.5 s, 15 words; every 20 ms frame of it carries sound

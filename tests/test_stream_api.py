@@ -234,6 +234,32 @@ async def test_limits_answer_with_a_code_then_close(running_app: StartApp, tmp_p
         assert ws.close_code == 1008
 
 
+async def test_a_server_at_its_call_limit_answers_server_busy_and_takes_the_retry(
+    running_app: StartApp, tmp_path: Path
+) -> None:
+    server = await running_app(make_settings(tmp_path, asr={"max_live_calls": 1}))
+    async with aiohttp.ClientSession() as http:
+        url = server.url("/v1/stream", "ws")
+        async with http.ws_connect(url) as first, http.ws_connect(url) as second:
+            await first.send_json(START)
+            assert (await next_message(first))["type"] == "transcription_started"
+            await second.send_json(START)
+            busy = await next_message(second)
+            assert busy["type"] == "error" and busy["code"] == "server_busy", busy
+            assert "max_live_calls" in busy["message"]
+            # The refused session stays open, not started: once the first ends, it is taken.
+            await first.send_json({"type": "stop_transcription"})
+            await receive_all(first)
+            for _ in range(100):
+                await second.send_json(START)
+                answer = await next_message(second)
+                if answer["type"] == "transcription_started":
+                    break
+                assert answer["code"] == "server_busy"
+                await asyncio.sleep(0.05)
+            assert answer["type"] == "transcription_started"
+
+
 async def test_api_keys_are_checked_before_the_upgrade(running_app: StartApp, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, auth={"api_keys": ["k-123"]})
     server = await running_app(settings)

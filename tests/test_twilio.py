@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -119,6 +120,30 @@ async def test_a_number_no_dialplan_takes_is_rejected(hearsay: RunningApp) -> No
         answer = await post_voice_webhook(session, voice_url(hearsay), from_="+15557654321", to=UNROUTED,
                                           call_sid="CA" + "2" * 32, auth_token=TOKEN)
     assert answer.rejected
+
+
+async def test_a_server_at_its_call_limit_rejects_busy_until_a_call_ends(
+    running_app: StartApp, consumer: WebhookConsumer, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path, consumer)
+    hearsay = await running_app(dataclasses.replace(settings, asr=dataclasses.replace(settings.asr, max_live_calls=1)))
+    async with aiohttp.ClientSession() as session:
+        # One live call (a /v1/stream session: the limit counts every source).
+        async with session.ws_connect(hearsay.url("/v1/stream", "ws")) as ws:
+            await ws.send_json({"type": "start_transcription", "config": {"sampleRate": 8000, "encoding": "MULAW"}})
+            assert json.loads((await ws.receive(timeout=30)).data)["type"] == "transcription_started"
+            answer = await post_voice_webhook(session, voice_url(hearsay), from_="+15557654321", to=SUPPORT,
+                                              call_sid="CA" + "3" * 32, auth_token=TOKEN)
+            assert answer.rejected and answer.reject_reason == "busy"
+            await ws.send_json({"type": "stop_transcription"})
+            async for _ in ws:
+                pass
+        await until(lambda: hearsay.app[CALL_HUB].active == 0)
+        answer = await post_voice_webhook(session, voice_url(hearsay), from_="+15557654321", to=SUPPORT,
+                                          call_sid="CA" + "4" * 32, auth_token=TOKEN)
+        assert not answer.rejected
+        metrics = await (await session.get(hearsay.url("/metrics"))).text()
+    assert 'hearsay_refused_busy_total{source="twilio"} 1.0' in metrics
 
 
 async def test_a_bad_signature_is_refused_with_403(hearsay: RunningApp) -> None:

@@ -43,8 +43,9 @@ class CallHub:
     """
 
     def __init__(self, engine: SpeechEngine | None, dialplans: Dialplans, outbox: Outbox | None,
-                 metrics: Metrics | None = None, *, echo_margin_db: float = 10.0) -> None:
+                 metrics: Metrics | None = None, *, echo_margin_db: float = 10.0, max_live_calls: int = 0) -> None:
         self.engine = engine
+        self.max_live_calls = max_live_calls
         self.dialplans = dialplans
         self.outbox = outbox
         self.metrics = metrics or Metrics()
@@ -56,6 +57,11 @@ class CallHub:
     @property
     def active(self) -> int:
         return len(self._calls)
+
+    @property
+    def full(self) -> bool:
+        """Whether a new call would be refused as busy (`max_live_calls` are live)."""
+        return 0 < self.max_live_calls <= len(self._calls)
 
     def get(self, call_id: str) -> Call | None:
         return self._calls.get(call_id)
@@ -86,6 +92,10 @@ class CallHub:
             raise CallRejected(Rejection.UNAVAILABLE, "the speech engine is not loaded")
         if info.id in self._calls:
             raise CallRejected(Rejection.DUPLICATE, f"call {info.id} is already in progress")
+        if self.full:
+            self.metrics.refused_busy.labels(info.source.value).inc()
+            raise CallRejected(Rejection.BUSY, f"{len(self._calls)} calls are live, the most this server "
+                                               f"takes ([asr] max_live_calls); try again shortly")
         plan = info.dialplan
         tracks = {Track.CALLER: audio}
         if agent_audio is not None:

@@ -55,6 +55,7 @@ class Rejection(StrEnum):
     """Why `CallHub.start` refused a call (each ingress maps it to its own answer)."""
 
     UNAVAILABLE = "unavailable"  # shutting down, or the speech engine is not loaded
+    BUSY = "busy"  # `[asr] max_live_calls` calls are live: try again shortly
     DUPLICATE = "duplicate"  # a call with this id is already live
     UNSUPPORTED_AUDIO = "unsupported_audio"  # an encoding or sample rate the engine cannot take
     UNKNOWN_MODEL = "unknown_model"  # a model that is not loaded

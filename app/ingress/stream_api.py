@@ -49,6 +49,7 @@ DRAIN_TIMEOUT_S = 10.0  # how long the last results may take to reach the client
 _REJECTION_CODES = {
     Rejection.UNAVAILABLE: ErrorCode.UNAVAILABLE,
     Rejection.DUPLICATE: ErrorCode.UNAVAILABLE,
+    Rejection.BUSY: ErrorCode.SERVER_BUSY,
     Rejection.UNKNOWN_MODEL: ErrorCode.UNKNOWN_MODEL,
     Rejection.UNSUPPORTED_AUDIO: ErrorCode.UNSUPPORTED_ENCODING,
     Rejection.INVALID_CONFIG: ErrorCode.INVALID_CONFIG,

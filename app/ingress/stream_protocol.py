@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     SESSION_TOO_LONG = "session_too_long"
     TOO_MANY_SESSIONS = "too_many_sessions"
     UNAVAILABLE = "unavailable"  # no speech engine, or the service is shutting down
+    SERVER_BUSY = "server_busy"  # `[asr] max_live_calls` calls are live: try again shortly
     INTERNAL_ERROR = "internal_error"
 
 

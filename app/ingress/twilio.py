@@ -3,7 +3,8 @@
 Point a Twilio number's "A call comes in" webhook at `https://<public_url>/twilio/voice`.
 Hearsay routes the call by its `To` number through the dialplans and answers TwiML
 `<Connect><Stream url="wss://<public_url>/twilio/media">` with `<Parameter>`s `dialplan`,
-`From` and `To`; no route answers `<Reject/>`. Twilio then opens the media socket, served
+`From` and `To`; no route answers `<Reject/>`, and a server at `[asr] max_live_calls`
+`<Reject reason="busy"/>`. Twilio then opens the media socket, served
 by `twilio_media.MediaSession`.
 
 When `[twilio] auth_token` is set, both requests must carry a valid `X-Twilio-Signature`
@@ -86,10 +87,16 @@ async def voice(request: web.Request) -> web.Response:
     if not _signed(request, [external_url(request)], form):
         raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
     to, from_, call_sid = str(form.get("To", "")), str(form.get("From", "")), str(form.get("CallSid", ""))
-    plan = request.app[CALL_HUB].dialplans.match(CallSource.TWILIO, to)
+    hub = request.app[CALL_HUB]
+    plan = hub.dialplans.match(CallSource.TWILIO, to)
     if plan is None:
         log.warning("twilio call %s from %r to %r: no dialplan takes it, rejected", call_sid, from_, to)
         return web.Response(text=reject(), content_type=TWIML_CONTENT_TYPE)
+    if hub.full:
+        log.warning("twilio call %s from %r to %r: %d calls are live ([asr] max_live_calls), rejected busy",
+                    call_sid, from_, to, hub.active)
+        hub.metrics.refused_busy.labels(CallSource.TWILIO.value).inc()
+        return web.Response(text=reject("busy"), content_type=TWIML_CONTENT_TYPE)
     stream_url = external_base(request, websocket=True) + MEDIA_PATH
     log.info("twilio call %s from %r to %r: dialplan %s, streaming to %s", call_sid, from_, to,
              plan.name, stream_url)

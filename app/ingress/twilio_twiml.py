@@ -29,10 +29,11 @@ def connect_stream(url: str, parameters: Mapping[str, str]) -> str:
     return str(response.to_xml())
 
 
-def reject() -> str:
-    """TwiML that refuses the call (the caller hears a busy/unavailable tone)."""
+def reject(reason: str = "") -> str:
+    """TwiML that refuses the call: the caller hears "not in service" (Twilio's default,
+    `rejected`), or a busy tone with `reason="busy"`."""
     response = VoiceResponse()
-    response.reject()
+    response.reject(reason=reason or None)
     return str(response.to_xml())
 
 
@@ -43,6 +44,7 @@ class VoiceAnswer:
     rejected: bool
     stream_url: str = ""
     parameters: Mapping[str, str] = field(default_factory=dict)
+    reject_reason: str = ""  # `<Reject reason=…>`: "busy", or "" for Twilio's default (rejected)
 
 
 def parse_answer(twiml: str) -> VoiceAnswer:
@@ -53,8 +55,9 @@ def parse_answer(twiml: str) -> VoiceAnswer:
         raise ValueError(f"TwiML is not XML: {exc}") from None
     if root.tag != "Response":
         raise ValueError(f"TwiML root is <{root.tag}>, expected <Response>")
-    if root.find("Reject") is not None:
-        return VoiceAnswer(rejected=True)
+    refusal = root.find("Reject")
+    if refusal is not None:
+        return VoiceAnswer(rejected=True, reject_reason=refusal.get("reason", ""))
     stream = root.find("Connect/Stream")
     if stream is None:
         stream = root.find("Start/Stream")
