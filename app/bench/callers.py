@@ -82,54 +82,64 @@ def load_pool(speech_dir: Path, ids: Sequence[str] = POOL) -> list[Clip]:
     return clips
 
 
+def plan_call(pool: Sequence[Clip], index: int, *, per_call: int = 3, start_s: float = 0.0) -> CallerPlan:
+    """Caller `index`'s call: clips `per_call * index` onwards of the pool, in turn."""
+    clips = tuple(pool[(per_call * index + k) % len(pool)] for k in range(per_call))
+    parts = [np.zeros(int(LEAD_S * RATE), np.float32)]
+    ends, at = [], LEAD_S
+    for clip in clips:
+        ends.append(at + speech_end_s(clip.samples, RATE))
+        parts += [clip.samples, np.zeros(int(GAP_S * RATE), np.float32)]
+        at += len(clip.samples) / RATE + GAP_S
+    return CallerPlan(index, start_s, clips, np.concatenate(parts), tuple(ends))
+
+
 def plan_callers(pool: Sequence[Clip], n: int, *, per_call: int = 3, stagger_s: float = 3.0,
                  seed: int = 0) -> list[CallerPlan]:
     rng = random.Random(seed)
     starts = sorted(rng.uniform(0.0, stagger_s) for _ in range(n)) if n > 1 else [0.0]
-    plans = []
-    for i in range(n):
-        clips = tuple(pool[(per_call * i + k) % len(pool)] for k in range(per_call))
-        parts = [np.zeros(int(LEAD_S * RATE), np.float32)]
-        ends, at = [], LEAD_S
-        for clip in clips:
-            ends.append(at + speech_end_s(clip.samples, RATE))
-            parts += [clip.samples, np.zeros(int(GAP_S * RATE), np.float32)]
-            at += len(clip.samples) / RATE + GAP_S
-        plans.append(CallerPlan(i, starts[i] - starts[0], clips, np.concatenate(parts), tuple(ends)))
-    return plans
+    return [plan_call(pool, i, per_call=per_call, start_s=starts[i] - starts[0]) for i in range(n)]
+
+
+def clip_latencies(outcomes: Sequence[CallOutcome], events: Sequence[Mapping[str, Any]],
+                   arrivals: Mapping[str, float]) -> list[tuple[float, float | None]]:
+    """(when the clip's speech ended, its latency or None when no final covers it) per clip."""
+    by_call: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events:
+        if event["type"] == "utterance.final":
+            by_call.setdefault(event["call"]["id"], []).append(event)
+    out: list[tuple[float, float | None]] = []
+    for outcome in outcomes:
+        finals = by_call.get(outcome.call_id, [])
+        for end_s in outcome.plan.ends_s:
+            spoken_at = outcome.started_at + end_s
+            covering = [e for e in finals if e["utterance"]["end_s"] >= end_s - COVER_SLACK_S
+                        and e["utterance"]["start_s"] <= end_s and e["id"] in arrivals]
+            out.append((spoken_at, arrivals[covering[0]["id"]] - spoken_at if covering else None))
+    return out
+
+
+def percentiles_ms(latencies: Sequence[float]) -> dict[str, int | None]:
+    if not latencies:
+        return {"latency_p50_ms": None, "latency_p95_ms": None, "latency_max_ms": None}
+    lat = np.array(latencies)
+    return {"latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000),
+            "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000),
+            "latency_max_ms": round(float(lat.max()) * 1000)}
 
 
 def score(outcomes: Sequence[CallOutcome], events: Sequence[Mapping[str, Any]],
           arrivals: Mapping[str, float]) -> dict[str, Any]:
     """Latency p50/p95/max (ms), utterances measured and missed, pooled WER, calls ended."""
-    latencies: list[float] = []
-    missed = 0
-    refs, hyps = [], []
-    by_call: dict[str, list[Mapping[str, Any]]] = {}
-    for event in events:
-        by_call.setdefault(event["call"]["id"], []).append(event)
-    ended = 0
-    for outcome in outcomes:
-        mine = by_call.get(outcome.call_id, [])
-        finals = [e for e in mine if e["type"] == "utterance.final"]
-        for end_s in outcome.plan.ends_s:
-            covering = [e for e in finals if e["utterance"]["end_s"] >= end_s - COVER_SLACK_S
-                        and e["utterance"]["start_s"] <= end_s]
-            if not covering or covering[0]["id"] not in arrivals:
-                missed += 1
-                continue
-            latencies.append(arrivals[covering[0]["id"]] - (outcome.started_at + end_s))
-        end = next((e for e in mine if e["type"] == "call.ended"), None)
-        ended += end is not None
-        refs.append(outcome.plan.reference)
-        hyps.append(end["transcript"] if end is not None else " ".join(e["utterance"]["text"] for e in finals))
-    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    clips = clip_latencies(outcomes, events, arrivals)
+    latencies = [lat for _, lat in clips if lat is not None]
+    ended = {e["call"]["id"]: e for e in events if e["type"] == "call.ended"}
+    refs = [o.plan.reference for o in outcomes]
+    hyps = [ended[o.call_id]["transcript"] if o.call_id in ended else "" for o in outcomes]
     return {
-        "calls": len(outcomes), "calls_ended": ended,
-        "utterances_measured": len(latencies), "utterances_missed": missed,
-        "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000),
-        "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000),
-        "latency_max_ms": round(float(lat.max()) * 1000),
+        "calls": len(outcomes), "calls_ended": sum(o.call_id in ended for o in outcomes),
+        "utterances_measured": len(latencies), "utterances_missed": len(clips) - len(latencies),
+        **percentiles_ms(latencies),
         "wer": pooled_wer(refs, hyps),
     }
 
