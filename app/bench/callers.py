@@ -13,6 +13,7 @@ reference words, each call's `call.ended` transcript against its clips' referenc
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from app.audiofile import iter_pcm16
-from app.bench.common import normalize, speech_end_s
+from app.bench.common import SPEECH_DIR, normalize, speech_end_s
 
 POOL = ("arctic-aew-a0001", "timit-LDC93S1", "ljspeech-LJ001-0004", "arctic-aew-a0002", "cards-005",
         "ljspeech-LJ001-0011", "arctic-aew-a0003", "ljspeech-LJ001-0013", "ljspeech-LJ001-0006",
@@ -32,6 +33,25 @@ LEAD_S, GAP_S, HOLD_S = 1.0, 1.5, 1.5
 # An utterance.final covers a clip's end if it ends no earlier than this before it (Whisper's
 # end times are coarse) and starts before it.
 COVER_SLACK_S = 0.6
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, callers: str = "callers") -> None:
+    """The options every load benchmark shares (who calls, saying what, against which settings)."""
+    parser.add_argument("--stagger-s", type=float, default=3.0,
+                        help=f"{callers} start within this many seconds of each other (default 3)")
+    parser.add_argument("--clips-per-call", type=int, default=3, help="clips each one says (default 3)")
+    parser.add_argument("--speech-dir", default=str(SPEECH_DIR),
+                        help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
+    parser.add_argument("--config", default="settings.toml", help="the service's settings file")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+class Arrivals(dict[str, float]):
+    """When each webhook event first reached the consumer (event id -> monotonic time); pass
+    it as the consumer's `on_event`."""
+
+    def __call__(self, event: Mapping[str, Any], at: float) -> None:
+        self.setdefault(str(event["id"]), at)
 
 
 @dataclass(frozen=True, slots=True)

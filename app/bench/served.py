@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import socket
 import sys
 import tempfile
@@ -64,6 +65,35 @@ def own_usage() -> Usage:
     return process_usage(os.getpid())
 
 
+class Window:
+    """CPU and peak memory over one measured stretch: of the service's processes (`pids`, the
+    service first, then e.g. its SIP workers) and of the load generator (this process plus the
+    children it has waited for, such as sipp callers)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = pids
+        self._before = [process_usage(pid) for pid in pids]
+        self._load0 = time.process_time() + _children_cpu_s()
+        self._wall0 = time.monotonic()
+
+    def close(self) -> dict[str, Any]:
+        wall = time.monotonic() - self._wall0
+        after = [process_usage(pid) for pid in self._pids]
+        cpu = [round(100 * (a.cpu_s - b.cpu_s) / wall, 1) for a, b in zip(after, self._before, strict=True)]
+        return {
+            "service_cpu_percent": cpu[0], "service_peak_rss_mb": after[0].peak_rss_mb,
+            "children": [{"cpu_percent": c, "peak_rss_mb": a.peak_rss_mb}
+                         for c, a in zip(cpu[1:], after[1:], strict=True)],
+            "load_cpu_percent": round(100 * (time.process_time() + _children_cpu_s() - self._load0) / wall, 1),
+            "load_peak_rss_mb": own_usage().peak_rss_mb, "wall_s": round(wall, 1),
+        }
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass
 class ServedService:
     """A running `python -m app serve` and its webhook consumer."""
@@ -75,6 +105,10 @@ class ServedService:
 
     def usage(self) -> Usage:
         return process_usage(self.process.pid)
+
+    def window(self, *others: int) -> Window:
+        """Start measuring the service (and `others`, e.g. its SIP workers) and this process."""
+        return Window([self.process.pid, *others])
 
     async def get(self, path: str) -> Any:
         async with aiohttp.ClientSession() as http, http.get(f"http://{self.http}{path}") as answer:

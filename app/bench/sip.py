@@ -20,16 +20,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.bench.callers import HOLD_S, CallerPlan, CallOutcome, format_summary, load_pool, plan_callers, score
-from app.bench.common import SPEECH_DIR
-from app.bench.served import ServedService, free_udp_port, own_usage, process_usage, served
+from app.bench.callers import (
+    HOLD_S,
+    Arrivals,
+    CallerPlan,
+    CallOutcome,
+    add_load_arguments,
+    format_summary,
+    load_pool,
+    plan_callers,
+    score,
+)
+from app.bench.served import ServedService, free_udp_port, served
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
 
@@ -42,14 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-calls", type=int, default=0,
                         help="[sip] max_calls for the run (default: --calls, at least 4); above 4, calls go "
                              "through Kamailio to SIP workers")
-    parser.add_argument("--stagger-s", type=float, default=3.0,
-                        help="callers start within this many seconds of each other (default 3)")
-    parser.add_argument("--clips-per-call", type=int, default=3, help="clips each caller says (default 3)")
-    parser.add_argument("--speech-dir", default=str(SPEECH_DIR),
-                        help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
-    parser.add_argument("--config", default="settings.toml", help="the service's settings file")
     parser.add_argument("--port", type=int, default=25060, help="SIP port for the run (default 25060)")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_load_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(s))
     else:
         print(format_summary("sip", s))
-        print("  SIP workers: " + ", ".join(f"CPU {w['cpu_percent']}% RSS {w['peak_rss_mb']} MB" for w in s["workers"]))
+        workers = ", ".join(f"CPU {w['cpu_percent']}% RSS {w['peak_rss_mb']} MB" for w in s["children"])
+        print(f"  SIP workers: {workers}")
         print(f"  bridge per frame: p50 <= {s['bridge_p50_ms_at_most']} ms, p95 <= {s['bridge_p95_ms_at_most']} ms")
     return 0
 
@@ -69,35 +72,21 @@ def run(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     plans = plan_callers(load_pool(Path(args.speech_dir)), args.calls, per_call=args.clips_per_call,
                          stagger_s=args.stagger_s)
-    arrivals: dict[str, float] = {}
-
-    def arrived(event: dict[str, Any], at: float) -> None:
-        arrivals.setdefault(event["id"], at)
-
+    arrivals = Arrivals()
     max_calls = args.max_calls or max(4, args.calls)
     overrides: dict[str, dict[str, Any]] = {"sip": {
         "enabled": True, "host": "127.0.0.1", "port": args.port, "allow_from": [], "auth_username": "",
         "rtp_port_start": args.port + 1000, "rtp_port_count": max(2000, 16 * max_calls), "max_calls": max_calls}}
     print(f"bench sip: starting the service and {args.calls} caller(s) ...", file=sys.stderr)
-    async with served(args.config, overrides, match='sip_user = ["*"]', on_event=arrived) as service:
+    async with served(args.config, overrides, match='sip_user = ["*"]', on_event=arrivals) as service:
         workers = [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
-        before = [process_usage(pid) for pid in [service.process.pid, *workers]]
-        cpu0, children0, wall0 = time.process_time(), _children_cpu_s(), time.monotonic()
+        window = service.window(*workers)  # "children" in the summary: the SIP workers
         outcomes = await asyncio.gather(*(_caller(service, plan, args.port) for plan in plans))
-        wall = time.monotonic() - wall0
-        after = [process_usage(pid) for pid in [service.process.pid, *workers]]
-        load_cpu = time.process_time() - cpu0 + _children_cpu_s() - children0
+        usage = window.close()
         dropped = await service.dropped_frames("sip")
         bridge = _bucket_percentiles(await service.get("/metrics"), "hearsay_sip_bridge_latency_seconds", (50, 95))
-    summary = score(outcomes, service.consumer.events, arrivals)
-    cpu = [round(100 * (a.cpu_s - b.cpu_s) / wall, 1) for a, b in zip(after, before, strict=True)]
-    summary.update(
-        service_cpu_percent=cpu[0], service_peak_rss_mb=after[0].peak_rss_mb,
-        workers=[{"cpu_percent": c, "peak_rss_mb": a.peak_rss_mb} for c, a in zip(cpu[1:], after[1:], strict=True)],
-        load_cpu_percent=round(100 * load_cpu / wall, 1), load_peak_rss_mb=own_usage().peak_rss_mb,
-        dropped_frames=dropped, bridge_p50_ms_at_most=bridge[0], bridge_p95_ms_at_most=bridge[1],
-        max_calls=max_calls, wall_s=round(wall, 1))
-    return summary
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, "dropped_frames": dropped,
+            "bridge_p50_ms_at_most": bridge[0], "bridge_p95_ms_at_most": bridge[1], "max_calls": max_calls}
 
 
 async def _caller(service: ServedService, plan: CallerPlan, port: int) -> CallOutcome:
@@ -129,11 +118,6 @@ def _monotonic(stamp: str) -> float:
     """A `created_at` (UTC, ms) on this process's monotonic clock."""
     wall = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     return wall - (time.time() - time.monotonic())
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _bucket_percentiles(metrics: str, name: str, wanted: tuple[int, ...]) -> tuple[float | None, ...]:

@@ -26,14 +26,15 @@ import aiohttp
 
 from app.bench.callers import (
     HOLD_S,
+    Arrivals,
     CallOutcome,
     Clip,
+    add_load_arguments,
     clip_latencies,
     load_pool,
     percentiles_ms,
     plan_call,
 )
-from app.bench.common import SPEECH_DIR
 from app.bench.served import ServedService, served
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
@@ -46,10 +47,7 @@ BASELINE_MINUTE = 5  # RSS growth is measured against this minute's (the first, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="how long callers keep calling (default 30)")
     parser.add_argument("--calls", type=int, default=24, help="callers talking at once (default 24)")
-    parser.add_argument("--speech-dir", default=str(SPEECH_DIR),
-                        help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
-    parser.add_argument("--config", default="settings.toml", help="the service's settings file")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_load_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,15 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
 async def _soak(args: argparse.Namespace) -> dict[str, Any]:
     pool = load_pool(Path(args.speech_dir))
-    arrivals: dict[str, float] = {}
-
-    def arrived(event: dict[str, Any], at: float) -> None:
-        arrivals.setdefault(event["id"], at)
-
+    arrivals = Arrivals()
     overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False}}
     outcomes: list[CallOutcome] = []
     samples: list[dict[str, Any]] = []
-    async with served(args.config, overrides, match='twilio_to = ["*"]', on_event=arrived) as service:
+    async with served(args.config, overrides, match='twilio_to = ["*"]', on_event=arrivals) as service:
         t0 = time.monotonic()
         until = t0 + args.minutes * 60
         counter = iter(range(10**9))

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,17 @@ import numpy as np
 from app.bench.callers import (
     HOLD_S,
     RATE,
+    Arrivals,
     CallerPlan,
     CallOutcome,
+    add_load_arguments,
     format_summary,
     load_pool,
     plan_callers,
     score,
 )
-from app.bench.common import SPEECH_DIR
 from app.bench.consumer import WebhookConsumer
-from app.bench.served import own_usage, served
+from app.bench.served import served
 from app.pipeline.decode import encode
 from app.pipeline.resample import resample_whole
 from app.pipeline.types import Encoding
@@ -47,14 +47,8 @@ FRAME_S = 0.02
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sessions", type=int, default=1, help="concurrent sessions (default 1)")
-    parser.add_argument("--stagger-s", type=float, default=3.0,
-                        help="sessions start within this many seconds of each other (default 3)")
-    parser.add_argument("--clips-per-call", type=int, default=3, help="clips each session says (default 3)")
     parser.add_argument("--linear16", action="store_true", help="send 16 kHz LINEAR16 instead of 8 kHz MULAW")
-    parser.add_argument("--speech-dir", default=str(SPEECH_DIR),
-                        help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
-    parser.add_argument("--config", default="settings.toml", help="the service's settings file")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_load_arguments(parser, "sessions")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,32 +64,22 @@ def run(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     plans = plan_callers(load_pool(Path(args.speech_dir)), args.sessions, per_call=args.clips_per_call,
                          stagger_s=args.stagger_s)
-    arrivals: dict[str, float] = {}
-
-    def arrived(event: dict[str, Any], at: float) -> None:
-        arrivals.setdefault(event["id"], at)
-
+    arrivals = Arrivals()
     overrides: dict[str, dict[str, Any]] = {
         "sip": {"enabled": False}, "auth": {"api_keys": []},
         "stream": {"max_sessions": max(64, args.sessions)}}
     lags: list[float] = []
     print(f"bench stream: starting the service and {args.sessions} session(s) ...", file=sys.stderr)
-    async with served(args.config, overrides, match="", on_event=arrived) as service:
-        before, cpu0, wall0 = service.usage(), time.process_time(), time.monotonic()
+    async with served(args.config, overrides, match="", on_event=arrivals) as service:
+        window = service.window()
         async with aiohttp.ClientSession() as http:
             outcomes = await asyncio.gather(*(
                 _session(http, f"ws://{service.http}/v1/stream", plan, args.linear16, lags, service.consumer)
                 for plan in plans))
-        wall = time.monotonic() - wall0
-        after, load_cpu = service.usage(), time.process_time() - cpu0
+        usage = window.close()
         dropped = await service.dropped_frames("stream")
-    summary = score(outcomes, service.consumer.events, arrivals)
-    summary.update(
-        service_cpu_percent=round(100 * (after.cpu_s - before.cpu_s) / wall, 1),
-        service_peak_rss_mb=after.peak_rss_mb,
-        load_cpu_percent=round(100 * load_cpu / wall, 1), load_peak_rss_mb=own_usage().peak_rss_mb,
-        dropped_frames=dropped, max_send_lag_ms=round(max(lags, default=0.0) * 1000), wall_s=round(wall, 1))
-    return summary
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, "dropped_frames": dropped,
+            "max_send_lag_ms": round(max(lags, default=0.0) * 1000)}
 
 
 async def _session(http: aiohttp.ClientSession, url: str, plan: CallerPlan, linear16: bool, lags: list[float],

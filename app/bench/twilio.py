@@ -17,16 +17,24 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from app.bench.callers import HOLD_S, CallerPlan, CallOutcome, format_summary, load_pool, plan_callers, score
-from app.bench.common import SPEECH_DIR
+from app.bench.callers import (
+    HOLD_S,
+    Arrivals,
+    CallerPlan,
+    CallOutcome,
+    add_load_arguments,
+    format_summary,
+    load_pool,
+    plan_callers,
+    score,
+)
 from app.bench.consumer import WebhookConsumer
-from app.bench.served import own_usage, served
+from app.bench.served import served
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
 from app.sim.twilio import SimCall, new_sid, post_voice_webhook, stream_call
@@ -36,13 +44,7 @@ TOKEN = "bench-auth-token"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=1, help="concurrent callers (default 1)")
-    parser.add_argument("--stagger-s", type=float, default=3.0,
-                        help="callers start within this many seconds of each other (default 3)")
-    parser.add_argument("--clips-per-call", type=int, default=3, help="clips each caller says (default 3)")
-    parser.add_argument("--speech-dir", default=str(SPEECH_DIR),
-                        help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
-    parser.add_argument("--config", default="settings.toml", help="the service's settings file")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_load_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,27 +59,15 @@ def run(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     plans = plan_callers(load_pool(Path(args.speech_dir)), args.calls, per_call=args.clips_per_call,
                          stagger_s=args.stagger_s)
-    arrivals: dict[str, float] = {}
-
-    def arrived(event: dict[str, Any], at: float) -> None:
-        arrivals.setdefault(event["id"], at)
-
+    arrivals = Arrivals()
     overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False}}
     print(f"bench twilio: starting the service and {args.calls} caller(s) ...", file=sys.stderr)
-    async with served(args.config, overrides, match='twilio_to = ["*"]', on_event=arrived) as service:
-        before, cpu0, wall0 = service.usage(), time.process_time(), time.monotonic()
+    async with served(args.config, overrides, match='twilio_to = ["*"]', on_event=arrivals) as service:
+        window = service.window()
         outcomes = await asyncio.gather(*(_call(service.http, plan, service.consumer) for plan in plans))
-        wall = time.monotonic() - wall0
-        after, load_cpu = service.usage(), time.process_time() - cpu0
+        usage = window.close()
         dropped = await service.dropped_frames("twilio")
-    summary = score(outcomes, service.consumer.events, arrivals)
-    summary.update(
-        service_cpu_percent=round(100 * (after.cpu_s - before.cpu_s) / wall, 1),
-        service_peak_rss_mb=after.peak_rss_mb,
-        load_cpu_percent=round(100 * load_cpu / wall, 1),
-        load_peak_rss_mb=own_usage().peak_rss_mb,
-        dropped_frames=dropped, wall_s=round(wall, 1))
-    return summary
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, "dropped_frames": dropped}
 
 
 async def _call(host: str, plan: CallerPlan, consumer: WebhookConsumer) -> CallOutcome:
