@@ -171,7 +171,10 @@ class Deliverer:
                 self._pruned_at = now
                 await self._prune(now)
             if self._next_retry_at <= now:
-                self._next_retry_at = math.inf
+                # That retry was just dispatched; the next one (scheduled by an earlier failure)
+                # may fall due before the next poll: wake for it then, not up to a poll late.
+                upcoming = await self._outbox.next_attempt_at()
+                self._next_retry_at = upcoming if upcoming is not None and upcoming > now else math.inf
             delay = max(0.0, min(self._poll_interval_s, self._next_retry_at - now))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
