@@ -38,6 +38,9 @@ from sip.topology import WorkerConfig
 log = logging.getLogger("hearsay.sip")
 
 STATUS_INTERVAL_S = 1.0
+# Bytes waiting for the service to read before a worker drops its callers' audio (about a
+# minute of four calls).
+MAX_BUFFERED_BYTES = 4 << 20
 SOURCE_HEADER = "X-Hearsay-Source"  # set by the proxy in front (sip/proxy.py)
 EXIT_START_FAILED = 3
 
@@ -188,6 +191,7 @@ class _WorkerCall:
         self.bridge: BridgeStream | None = None
         self.on_gone: Callable[[int], Any] | None = None
         self.frames = FrameQueue(lambda: post(self._progress))
+        self.dropped = 0
 
     # pjsua2's threads: hand over only.
     def audio(self, pcm: bytes) -> None:
@@ -215,8 +219,17 @@ class _WorkerCall:
         self.send_taken("progress", self.frames.collect())
 
     def _send_audio(self, pcm: bytes, sent_at: float) -> None:
-        if self.bridge is not None:
-            self.bridge.send_audio(self.serial, pcm, sent_at)
+        if self.bridge is None:
+            return
+        if self.bridge.buffered > MAX_BUFFERED_BYTES:
+            # The service has stopped reading (stalled or dying): drop audio rather than grow
+            # without bound; the call's end still gets through when it does read again.
+            self.dropped += 1
+            if self.dropped in (1, 500, 5000):
+                log.warning("SIP call %d: the service is not reading the bridge; %d frames dropped",
+                            self.serial, self.dropped)
+            return
+        self.bridge.send_audio(self.serial, pcm, sent_at)
 
     def _send(self, event: dict[str, Any]) -> None:
         if self.bridge is not None:
