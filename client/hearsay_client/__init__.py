@@ -20,12 +20,17 @@ from hearsay_client.errors import (
     SessionClosedError,
     SessionError,
 )
+from hearsay_client.progressive import ProgressiveSession
 from hearsay_client.realtime import StreamingSession
 from hearsay_client.types import (
     AudioSpan,
     FinalTranscript,
+    Progress,
+    ProgressiveResult,
+    ProgressiveTranscript,
     Segment,
     StreamingResult,
+    Topic,
     Word,
 )
 
@@ -39,6 +44,10 @@ __all__ = [
     "Hearsay",
     "HearsayError",
     "InvalidAudioError",
+    "Progress",
+    "ProgressiveResult",
+    "ProgressiveSession",
+    "ProgressiveTranscript",
     "Segment",
     "ServerBusyError",
     "SessionClosedError",
@@ -46,5 +55,6 @@ __all__ = [
     "Streaming",
     "StreamingResult",
     "StreamingSession",
+    "Topic",
     "Word",
 ]

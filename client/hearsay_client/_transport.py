@@ -104,6 +104,8 @@ class Transport:
                     if resp.status in (429, 503) or code in _BUSY_CODES:
                         raise ServerBusyError(message, code or "unavailable")
                     raise error_from_wire(code, message)
+                if resp.status == 204:
+                    return {}
                 if not isinstance(body, dict):
                     raise SessionError(f"{method} {path}: the answer is not a JSON object", "invalid_answer")
                 return body

@@ -18,6 +18,7 @@ import aiohttp
 
 from hearsay_client._transport import Backoff, Transport
 from hearsay_client.config import streaming_config
+from hearsay_client.progressive import ProgressiveSession, progressive_config
 from hearsay_client.realtime import StreamingSession
 
 
@@ -65,3 +66,13 @@ class Streaming:
         session = StreamingSession(self._client._transport(), streaming_config(config or {}))
         await session.start()
         return session
+
+    async def create_progressive_session(self, config: Mapping[str, Any] | None = None) -> ProgressiveSession:
+        """A progressive session for a long file sent in chunks (`hearsay_client.progressive`)."""
+        session = ProgressiveSession(self._client._transport(), progressive_config(config or {}))
+        await session.start()
+        return session
+
+    async def resume_progressive_session(self, session_id: str) -> ProgressiveSession:
+        """A progressive session created earlier (by this or another process), by its id."""
+        return await ProgressiveSession.resume(self._client._transport(), session_id)
