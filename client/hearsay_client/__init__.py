@@ -20,15 +20,18 @@ from hearsay_client.errors import (
     SessionClosedError,
     SessionError,
 )
+from hearsay_client.meeting import MeetingSession
 from hearsay_client.progressive import ProgressiveSession
 from hearsay_client.realtime import StreamingSession
 from hearsay_client.types import (
     AudioSpan,
     FinalTranscript,
+    MeetingSummary,
     Progress,
     ProgressiveResult,
     ProgressiveTranscript,
     Segment,
+    SpeakerSummary,
     StreamingResult,
     Topic,
     Word,
@@ -44,6 +47,8 @@ __all__ = [
     "Hearsay",
     "HearsayError",
     "InvalidAudioError",
+    "MeetingSession",
+    "MeetingSummary",
     "Progress",
     "ProgressiveResult",
     "ProgressiveSession",
@@ -52,6 +57,7 @@ __all__ = [
     "ServerBusyError",
     "SessionClosedError",
     "SessionError",
+    "SpeakerSummary",
     "Streaming",
     "StreamingResult",
     "StreamingSession",

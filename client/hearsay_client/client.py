@@ -18,6 +18,7 @@ import aiohttp
 
 from hearsay_client._transport import Backoff, Transport
 from hearsay_client.config import streaming_config
+from hearsay_client.meeting import MeetingSession, meeting_config
 from hearsay_client.progressive import ProgressiveSession, progressive_config
 from hearsay_client.realtime import StreamingSession
 
@@ -76,3 +77,9 @@ class Streaming:
     async def resume_progressive_session(self, session_id: str) -> ProgressiveSession:
         """A progressive session created earlier (by this or another process), by its id."""
         return await ProgressiveSession.resume(self._client._transport(), session_id)
+
+    async def create_meeting_session(self, config: Mapping[str, Any]) -> MeetingSession:
+        """A meeting: one recognizer per participant, results merged in time order."""
+        session = MeetingSession(self._client._transport(), meeting_config(config))
+        await session.start()
+        return session
