@@ -21,6 +21,7 @@ from hearsay_client.errors import (
     SessionError,
 )
 from hearsay_client.meeting import MeetingSession
+from hearsay_client.pool import ConnectionPool
 from hearsay_client.progressive import ProgressiveSession
 from hearsay_client.realtime import StreamingSession
 from hearsay_client.types import (
@@ -43,6 +44,7 @@ __all__ = [
     "Backoff",
     "ConfigError",
     "ConnectionLostError",
+    "ConnectionPool",
     "FinalTranscript",
     "Hearsay",
     "HearsayError",
