@@ -38,6 +38,24 @@ def test_two_voices_are_two_speakers_split_where_the_voice_changes(encoder: Spea
     assert set(labels[centres > change + 0.8].tolist()) == {1}
 
 
+def test_voices_that_speak_little_are_not_lost_beside_one_that_speaks_most(encoder: SpeakerEncoder) -> None:
+    lj = [f"ljspeech-LJ001-{i:04d}" for i in range(1, 17)]  # 110 s of one voice
+    others = ["jfk", "arctic-aew-a0001", "arctic-aew-a0002", "arctic-aew-a0003"]  # 11 s each
+    source = {c: c.split("-")[0] for c in lj + others}
+    order = lj[:8] + others[:1] + lj[8:] + others[1:]
+    embeddings, centres = encoder.embed(voices(order))
+    labels = cluster(embeddings)
+    ends = np.cumsum([len(load(c)) / 16000 for c in order])
+    owner = [source[order[int(np.searchsorted(ends, t))]] for t in centres]
+    by_source: dict[str, set[int]] = {}
+    for who, label, t in zip(owner, labels.tolist(), centres, strict=True):
+        if np.min(np.abs(ends - t)) > 0.8:  # windows wholly inside one clip
+            by_source.setdefault(who, set()).add(label)
+    assert len(set(labels.tolist())) == 3
+    assert all(len(found) == 1 for found in by_source.values()), by_source
+    assert len({min(found) for found in by_source.values()}) == 3
+
+
 def test_a_known_number_of_speakers_is_used(encoder: SpeakerEncoder) -> None:
     embeddings, _ = encoder.embed(voices(["jfk", "arctic-aew-a0001", "ljspeech-LJ001-0001"]))
     assert len(set(cluster(embeddings, speakers=3).tolist())) == 3

@@ -4,8 +4,10 @@ The embeddings are Resemblyzer's (a 3-layer LSTM d-vector model, 256 dimensions,
 weights ship in its wheel: nothing is downloaded). One embedding is computed for every
 1.6 s window, every 0.25 s, over the whole recording; the windows whose centre lies in
 speech are clustered by spectral clustering (Wang et al., "Speaker Diarization with LSTM",
-2018): the cosine affinity of each window is pruned to its nearest quarter, symmetrised,
-and the number of speakers is the largest gap in the eigenvalues of its normalised
+2018): the cosine affinity of each window is pruned to its nearest neighbours (a quarter of
+the windows, at most 30: 7.5 s of speech, so that a speaker who talks for less than a
+quarter of a long recording is not tied to the one who talks most), symmetrised, and the
+number of speakers is the largest gap in the eigenvalues of its normalised
 Laplacian (or the number given). A recording of one voice has no such gap and comes out as
 one speaker. Long recordings cluster a spread sample of at most `MAX_WINDOWS` windows and
 give every window the nearest centroid's label, so the cost stays bounded.
@@ -23,7 +25,8 @@ RATE = 16000
 HOP_FRAMES = 25  # 10 ms mel frames between windows: 4 windows a second
 WINDOW_FRAMES = 160  # the model's 1.6 s window
 BATCH = 256  # windows per forward pass
-PRUNE = 0.25  # share of each window's neighbours kept in the affinity
+PRUNE = 0.25  # share of each window's neighbours kept in the affinity ...
+MAX_NEIGHBOURS = 30  # ... and at most this many
 MAX_SPEAKERS = 8
 MAX_WINDOWS = 1500  # windows clustered directly (eigendecomposition is cubic in this)
 TARGET_DBFS = -30.0  # Resemblyzer's training loudness
@@ -79,7 +82,7 @@ def cluster(embeddings: np.ndarray, speakers: int | None = None) -> np.ndarray:
         centroids = np.stack([embeddings[sample][labels == k].mean(axis=0) for k in range(labels.max() + 1)])
         return np.asarray(np.argmax(embeddings @ centroids.T, axis=1), dtype=np.int64)
     similarity = embeddings @ embeddings.T
-    keep = max(2, int(np.ceil(PRUNE * n)))
+    keep = max(2, min(int(np.ceil(PRUNE * n)), MAX_NEIGHBOURS))
     nearest = np.argsort(-similarity, axis=1)[:, :keep]
     affinity = np.zeros_like(similarity)
     rows = np.arange(n)[:, None]

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "twilio": "app.bench.twilio",
     "sip": "app.bench.sip",
     "talkback": "app.bench.talkback",
+    "progressive": "app.bench.progressive",
 }
 
 
