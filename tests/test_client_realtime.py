@@ -177,3 +177,17 @@ async def test_reconnect_off_fails_with_the_audio_not_transcribed(running_app: S
             await session.finalize()
         await session.close()
     assert [(s.start_s, s.end_s) for s in lost.value.untranscribed] == [(0.0, 1.0)]
+
+
+async def test_vocabulary_gets_a_name_spelled_right(running_app: StartApp, tmp_path: Path) -> None:
+    server = await running_app(make_settings(tmp_path))
+    async with Hearsay(url=server.url("/", "ws").rstrip("/")) as client:
+        session = await client.streaming.create_session({"sample_rate": 16000,
+                                                         "vocabulary": ["Philip Steels", "Gutenberg"]})
+        await session.send_audio(clip("arctic-aew-a0001") + silence(1.0))
+        final = await session.finalize()
+        await session.close()
+    # Without the vocabulary tiny.en writes "Philip Stieles" here; with it, the name as given,
+    # and nothing of the vocabulary leaks into the text ("Gutenberg" is not said).
+    assert "Philip Steels" in final.text and "Gutenberg" not in final.text, final.text
+    assert wer(reference("arctic-aew-a0001"), final.text) <= 2 / words(reference("arctic-aew-a0001"))

@@ -29,7 +29,7 @@ from app.meetings.meeting import MeetingConfig, ParticipantSpec
 from app.pipeline.types import Transcript
 
 _ID = re.compile(r"^[\w.@:+-]{1,64}$")
-_STREAM_KEYS = {"sampleRate", "encoding", "language", "model", "interimResults", "words"}
+_STREAM_KEYS = {"sampleRate", "encoding", "language", "model", "interimResults", "words", "vocabulary"}
 _MEETING_KEYS = {"meetingId", "participants", *_STREAM_KEYS}
 
 
@@ -107,7 +107,7 @@ def parse_config(raw: Any) -> MeetingConfig:
     stream = stream_protocol.parse_config({k: v for k, v in raw.items() if k in _STREAM_KEYS})
     return MeetingConfig(meeting_id=meeting_id or "", audio=stream.audio, language=stream.language,
                          model=stream.model, interim_results=stream.interim_results, words=stream.words,
-                         participants=specs)
+                         participants=specs, vocabulary=stream.vocabulary)
 
 
 def parse_text(text: str) -> Message:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.ingress.vocabulary import parse_vocabulary
 from app.progressive.job import JobConfig, ProgressiveJob, Status
 
 
@@ -47,21 +48,11 @@ def parse_config(raw: Any) -> JobConfig:
             raise ConfigError("config.speakers: expected an integer from 1 to 8")
         options["speakers"] = speakers
     if raw.get("vocabulary") is not None:
-        options["vocabulary"] = parse_vocabulary(raw["vocabulary"], "config.vocabulary")
+        try:
+            options["vocabulary"] = parse_vocabulary(raw["vocabulary"], "config.vocabulary")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return JobConfig(**options)
-
-
-def parse_vocabulary(value: Any, where: str) -> str:
-    """Hot words or a prompt: a string, or a list of strings (joined with ", ")."""
-    if isinstance(value, str) and value.strip():
-        text = value.strip()
-    elif isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
-        text = ", ".join(v.strip() for v in value)
-    else:
-        raise ConfigError(f"{where}: expected a string or a list of strings")
-    if len(text) > 1000:
-        raise ConfigError(f"{where}: at most 1000 characters")
-    return text
 
 
 def snapshot(job: ProgressiveJob, since: int = 0) -> dict[str, Any]:

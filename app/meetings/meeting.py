@@ -61,6 +61,7 @@ class MeetingConfig:
     interim_results: bool = False
     words: bool = False
     participants: tuple[ParticipantSpec, ...] = ()
+    vocabulary: str | None = None  # everyone's (app.ingress.vocabulary)
 
 
 @dataclass
@@ -179,7 +180,7 @@ class Meeting:
     def _open(self, spec: ParticipantSpec) -> EngineStream:
         return self._engine.stream(self.config.audio, language=spec.language or self.config.language,
                                    model=self.config.model, interim_results=self.config.interim_results,
-                                   word_timestamps=self.config.words)
+                                   word_timestamps=self.config.words, prompt=self.config.vocabulary)
 
     async def _finish(self, person: Participant) -> None:
         if person.stream is not None:

@@ -94,7 +94,7 @@ class ProgressiveJob:
         """Open the engine stream (raises its errors: unknown model, language) and start."""
         stream = self._engine.stream(AudioFormat(Encoding.LINEAR16, RATE), language=self.config.language,
                                      model=self.config.model, interim_results=False,
-                                     word_timestamps=self.config.diarize)
+                                     word_timestamps=self.config.diarize, prompt=self.config.vocabulary)
         self._task = asyncio.create_task(self._run(stream), name=f"progressive-{self.id}")
 
     # -- input --------------------------------------------------------------------------------

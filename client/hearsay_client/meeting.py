@@ -42,7 +42,7 @@ from hearsay_client.types import MeetingSummary, Segment, SpeakerSummary, Stream
 log = logging.getLogger("hearsay_client")
 
 MEETING_KEYS = {"meeting_id", "participants", "sample_rate", "encoding", "language", "model",
-                "interim_results", "words"}
+                "interim_results", "words", "vocabulary"}
 PARTICIPANT_KEYS = {"id", "language", "offset_s"}
 START_TIMEOUT_S = 30.0
 
@@ -62,8 +62,8 @@ def _participant(raw: Any, where: str) -> dict[str, Any]:
 def meeting_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Check a meeting config; the wire config (`start_meeting`)."""
     check_keys(raw, MEETING_KEYS, "config")
-    audio = {k: raw[k] for k in ("sample_rate", "encoding", "language", "model", "interim_results", "words")
-             if k in raw}
+    audio = {k: raw[k] for k in ("sample_rate", "encoding", "language", "model", "interim_results", "words",
+                                 "vocabulary") if k in raw}
     wire = dict(streaming_config(audio).wire)
     if raw.get("meeting_id") is not None:
         wire["meetingId"] = raw["meeting_id"]
