@@ -93,6 +93,11 @@ class ChunkedFile:
             self._data = bytearray()
             self._cond.notify_all()
 
+    def available(self, pos: int) -> bool:
+        """Whether a read at `pos` would return at once."""
+        with self._cond:
+            return self._aborted or self._ended or self._size > pos
+
     def read_at(self, pos: int, size: int) -> bytes:
         """Up to `size` bytes from `pos`, waiting until some are there; b"" at the end."""
         with self._cond:
@@ -124,13 +129,17 @@ class ChunkedFile:
 
 
 class _Stream:
-    """The file as a forward-only stream for PyAV (no `seek`)."""
+    """The file as a forward-only stream for PyAV (no `seek`). `before_wait` runs when a read
+    is about to wait for bytes (the decoder hands over what it holds)."""
 
-    def __init__(self, file: ChunkedFile) -> None:
+    def __init__(self, file: ChunkedFile, before_wait: Callable[[], None]) -> None:
         self._file = file
         self._pos = 0
+        self._before_wait = before_wait
 
     def read(self, size: int) -> bytes:
+        if not self._file.available(self._pos):
+            self._before_wait()
         data = self._file.read_at(self._pos, size)
         self._pos += len(data)
         if self._pos > 2 * _KEEP_BEHIND:
@@ -141,7 +150,7 @@ class _Stream:
 class _Whole:
     """The whole file, seekable (used only once it has all arrived)."""
 
-    def __init__(self, file: ChunkedFile) -> None:
+    def __init__(self, file: ChunkedFile, before_wait: Callable[[], None]) -> None:
         self._file = file
         self._pos = 0
 
@@ -185,11 +194,25 @@ def index_at_end(file: ChunkedFile) -> bool:
         pos += size
 
 
-def decode(file: ChunkedFile, sample_rate: int, on_pcm: Callable[[np.ndarray], None]) -> None:
-    """Decode the file's first audio stream as it arrives, handing mono int16 blocks at
-    `sample_rate` to `on_pcm` (on this thread). Blocking; AudioFileError if it cannot."""
-    source: _Stream | _Whole = _Whole(file) if index_at_end(file) else _Stream(file)
+def decode(file: ChunkedFile, sample_rate: int, on_pcm: Callable[[np.ndarray], None],
+           block_s: float = 1.0) -> None:
+    """Decode the file's first audio stream as it arrives, handing mono int16 blocks of about
+    `block_s` at `sample_rate` to `on_pcm` (on this thread; a shorter block when the decoder
+    has to wait for bytes, so nothing decodable is held back). Blocking; AudioFileError if it
+    cannot."""
     decoded_any = False
+    pending: list[np.ndarray] = []
+    size = 0
+    block = int(sample_rate * block_s)
+
+    def flush() -> None:
+        nonlocal pending, size
+        if pending:
+            on_pcm(np.concatenate(pending))
+            pending, size = [], 0
+
+    source: _Stream | _Whole = _Whole(file, flush) if index_at_end(file) else _Stream(file, flush)
+
     try:
         with av.open(source, mode="r") as container:
             if not container.streams.audio:
@@ -199,9 +222,13 @@ def decode(file: ChunkedFile, sample_rate: int, on_pcm: Callable[[np.ndarray], N
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     decoded_any = True
-                    on_pcm(out.to_ndarray().reshape(-1))
+                    pending.append(out.to_ndarray().reshape(-1))
+                    size += len(pending[-1])
+                    if size >= block:  # a block a second: each hand-over crosses to the event loop
+                        flush()
             for out in resampler.resample(None):
-                on_pcm(out.to_ndarray().reshape(-1))
+                pending.append(out.to_ndarray().reshape(-1))
+            flush()
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
         raise AudioFileError(f"cannot decode audio ({exc})") from None
     if not decoded_any and not file.aborted:
