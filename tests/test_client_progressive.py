@@ -69,14 +69,25 @@ async def test_a_client_that_goes_away_resumes_its_session_by_id(running_app: St
     url = server.url("/", "ws").rstrip("/")
     async with Hearsay(url=url) as first:
         prog = await first.streaming.create_progressive_session({"return_segments": True})
+        seen: list[ProgressiveResult] = []
+        prog.on_result(seen.append)
         await prog.send_chunk(ogg[:len(ogg) // 3])
         session_id = prog.id
+        await prog.close()
+    assert seen and seen[-1].progress.received_bytes == len(ogg) // 3
     async with Hearsay(url=url) as second:
         again = await second.streaming.resume_progressive_session(session_id)
         assert again.sent_bytes == len(ogg) // 3
         result: ProgressiveResult = await again.send_chunk(ogg[again.sent_bytes:])
         assert result.progress.received_bytes == len(ogg)
+        watcher = await second.streaming.resume_progressive_session(session_id)
+
+        async def watch() -> list[ProgressiveResult]:
+            return [state async for state in watcher.stream(wait_s=1.0)]
+
+        watching = asyncio.create_task(watch())  # a second view of the same session, until it is done
         final = await again.finalize()
+        watched = await asyncio.wait_for(watching, 60)
         later = await (await second.streaming.resume_progressive_session(session_id)).finalize()
         await again.delete()
         with pytest.raises(SessionError) as gone:
@@ -84,6 +95,7 @@ async def test_a_client_that_goes_away_resumes_its_session_by_id(running_app: St
     said = reference("arctic-aew-a0001") + " " + reference("jfk")
     assert wer(said, final.text) <= 3 / words(said)  # 31 words; 0-1 wrong
     assert later.text == final.text  # the result is still there for a client that comes back
+    assert watched[-1].status == "done" and len(watched[-1].segments) == len(final.segments)
     assert gone.value.code == "not_found"
 
 

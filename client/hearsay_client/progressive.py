@@ -19,9 +19,10 @@ a string or a list of strings).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from hearsay_client._results import Callback, ResultFeed
 from hearsay_client._transport import Transport
 from hearsay_client.config import check_keys, vocabulary
 from hearsay_client.errors import ConfigError, HearsayError, SessionError
@@ -64,6 +65,7 @@ class ProgressiveSession:
         self.id = ""
         self._sent = 0
         self._segments: list[Segment] = []
+        self._feed: ResultFeed[ProgressiveResult] = ResultFeed()
 
     @property
     def sent_bytes(self) -> int:
@@ -98,6 +100,26 @@ class ProgressiveSession:
         body = await self._get(wait_s)
         return self._read(body)
 
+    async def stream(self, wait_s: float = POLL_WAIT_S) -> AsyncIterator[ProgressiveResult]:
+        """The session's state each time it changes (new segments, a new status), until it is
+        done or failed; run it beside the task that sends the chunks."""
+        seen: tuple[int, str] | None = None
+        while True:
+            result = await self.status(wait_s)
+            if result.status == "done":  # segments may be split by speaker now: take them afresh
+                self._segments = []
+                result = await self.status()
+            if (len(result.segments), result.status) != seen:
+                seen = (len(result.segments), result.status)
+                yield result
+            if result.status in ("done", "failed"):
+                return
+
+    def on_result(self, callback: Callback[ProgressiveResult]) -> None:
+        """Call `callback(result)` with every state the session hears of (each chunk's answer,
+        each status), a plain function or a coroutine function."""
+        self._feed.add_callback(callback)
+
     async def finalize(self, timeout_s: float | None = None) -> ProgressiveTranscript:
         """The file is complete: wait for the transcript (and speakers, topics)."""
         async with asyncio.timeout(timeout_s):
@@ -112,6 +134,8 @@ class ProgressiveSession:
             self._segments = []  # segments may be split by speaker now: take them afresh
             body = await self._get(0.0)
         self._read(body)
+        self._feed.end()
+        await self._feed.drain()
         return ProgressiveTranscript(
             id=self.id, text=str(body.get("text", "")), segments=tuple(self._segments),
             duration=float(body.get("duration", 0.0)),
@@ -123,7 +147,11 @@ class ProgressiveSession:
         await self._retrying(lambda: self._transport.request("DELETE", f"/v1/progressive/{self.id}"))
 
     async def close(self) -> None:
-        """Nothing to release: the server keeps the session until it expires (see `delete`)."""
+        """Let the callbacks see what came, then stop them; the server keeps the session until
+        it expires (see `delete`)."""
+        self._feed.end()
+        await self._feed.drain()
+        await self._feed.aclose()
 
     async def __aenter__(self) -> ProgressiveSession:
         return self
@@ -145,8 +173,10 @@ class ProgressiveSession:
                             transcribed_s=float(p.get("transcribed_s", 0.0)),
                             realtime_factor=float(p.get("realtime_factor", 0.0)))
         error = body.get("error")
-        return ProgressiveResult(id=self.id, status=str(body["status"]), segments=tuple(self._segments),
-                                 progress=progress, error=str(error.get("message", "")) if error else "")
+        result = ProgressiveResult(id=self.id, status=str(body["status"]), segments=tuple(self._segments),
+                                   progress=progress, error=str(error.get("message", "")) if error else "")
+        self._feed.publish(result)
+        return result
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         backoff = self._transport.backoff
