@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,multilingual]'
+$(VENV)/.installed-test: $(VENV)/.installed client/pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,multilingual]' -e ./client
 	touch $@
 
 install: $(VENV)/.installed
@@ -38,7 +38,7 @@ debs:
 	fi
 
 lint: install-test
-	$(VENV)/bin/ruff check app sip tests examples
+	$(VENV)/bin/ruff check app sip tests examples client
 	$(VENV)/bin/mypy
 
 test: debs install-test lint

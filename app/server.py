@@ -38,7 +38,7 @@ from app.delivery.events import WebhookEvent
 from app.delivery.outbox import Outbox
 from app.delivery.worker import Deliverer, DeliveryResult
 from app.dialplans import DialplanError, Dialplans
-from app.ingress import stream_api, twilio
+from app.ingress import meetings, progressive, stream_api, twilio
 from app.keys import (
     CALL_HUB,
     DELIVERER,
@@ -68,6 +68,8 @@ INGRESS: tuple[Callable[[web.Application], None], ...] = (
     stream_api.setup,  # GET /v1/stream
     twilio.setup,  # POST /twilio/voice, GET /twilio/media
     sip_agent.setup,  # the SIP workers
+    progressive.setup,  # /v1/progressive: long files in chunks
+    meetings.setup,  # GET /v1/meetings: one recognizer per participant
 )
 
 # How long shutdown waits for the Deliverer to send what is due before leaving it in the outbox.

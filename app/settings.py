@@ -104,6 +104,13 @@ class StreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressiveSettings:
+    max_sessions: int = 8
+    max_file_bytes: int = 1_073_741_824
+    keep_s: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     api_keys: list[str] = field(default_factory=list)
 
@@ -163,6 +170,7 @@ class Settings:
     dialplans: DialplanSettings = field(default_factory=DialplanSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    progressive: ProgressiveSettings = field(default_factory=ProgressiveSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     sip: SipSettings = field(default_factory=SipSettings)
@@ -177,6 +185,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE = {
     "http.port", "asr.cpu_threads", "asr.workers", "asr.beam_size", "sip.port",
     "sip.max_calls", "stream.max_message_bytes", "stream.max_sessions", "webhooks.max_attempts",
+    "progressive.max_sessions", "progressive.max_file_bytes", "progressive.keep_s",
 }
 
 

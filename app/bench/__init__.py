@@ -13,6 +13,7 @@ BENCHMARKS = {
     "sip": "app.bench.sip",
     "talkback": "app.bench.talkback",
     "soak": "app.bench.soak",
+    "progressive": "app.bench.progressive",
 }
 
 

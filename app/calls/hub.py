@@ -77,13 +77,14 @@ class CallHub:
     async def start(self, info: CallInfo, audio: AudioFormat, *, language: str | None = None,
                     model: str | None = None, interim_results: bool = False,
                     word_timestamps: bool | None = None, agent_audio: AudioFormat | None = None,
-                    media: CallMedia | None = None) -> Call:
+                    media: CallMedia | None = None, prompt: str | None = None) -> Call:
         """Open the engine stream(s) and emit `call.started`.
 
         `language`/`model` override the dialplan's; interim results are computed when the
         caller asks (`interim_results`) or the dialplan wants `utterance.partial` events;
         `word_timestamps` None follows `[asr] word_timestamps`. `agent_audio` opens a second
-        track; `media` is the call's outbound side (None: `NoMedia`).
+        track; `media` is the call's outbound side (None: `NoMedia`); `prompt` is the caller
+        track's vocabulary (app.ingress.vocabulary).
         Raises `CallRejected` before anything is emitted; a call id already live is rejected.
         """
         if self._closing:
@@ -107,7 +108,7 @@ class CallHub:
                     fmt, language=language or (plan.language if plan else None),
                     model=model or (plan.model if plan else None),
                     interim_results=interim_results or (plan is not None and plan.interim_results),
-                    word_timestamps=word_timestamps)
+                    word_timestamps=word_timestamps, prompt=prompt if track is Track.CALLER else None)
         except BaseException as exc:
             for stream in streams.values():
                 await stream.aclose()

@@ -205,7 +205,7 @@ class StreamSession:
             call = await hub.start(info, config.audio, language=config.language, model=config.model,
                                    interim_results=config.interim_results,
                                    word_timestamps=True if config.words else None,
-                                   media=_SessionMedia(self))
+                                   media=_SessionMedia(self), prompt=config.vocabulary)
         except CallRejected as exc:
             raise ProtocolError(_REJECTION_CODES[exc.reason], exc.message) from None
         self._config = config

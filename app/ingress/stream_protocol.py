@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from app.ingress.vocabulary import parse_vocabulary
 from app.pipeline import MAX_RATE, MIN_RATE
 from app.pipeline.types import AudioFormat, Encoding, Transcript
 
@@ -68,6 +69,7 @@ class StreamConfig:
     single_utterance: bool = False
     dialplan: str | None = None
     words: bool = False
+    vocabulary: str | None = None  # the recognizer's prompt (app.ingress.vocabulary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ _NOT_YET = {"WEBM_OPUS", "OGG_OPUS", "OPUS", "FLAC", "MP3"}
 _BOOLEANS = {"interimResults": "interim_results", "singleUtterance": "single_utterance",
              "words": "words", "enableWordTimeOffsets": "words"}
 _STRINGS = {"language": "language", "model": "model", "dialplan": "dialplan"}
-_KNOWN = {"sampleRate", "encoding", *_BOOLEANS, *_STRINGS}
+_KNOWN = {"sampleRate", "encoding", "vocabulary", *_BOOLEANS, *_STRINGS}
 
 
 def parse_text(text: str) -> Message:
@@ -136,6 +138,11 @@ def parse_config(raw: Any) -> StreamConfig:
             if not isinstance(value, str) or not value.strip() or len(value) > 256:
                 raise ProtocolError(ErrorCode.INVALID_CONFIG, f"config.{key}: expected a non-empty string")
             options[name] = value.strip()
+    if raw.get("vocabulary") is not None:
+        try:
+            options["vocabulary"] = parse_vocabulary(raw["vocabulary"], "config.vocabulary")
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from None
     return StreamConfig(audio=_audio_format(raw), **options)
 
 

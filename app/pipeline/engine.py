@@ -63,7 +63,8 @@ class SpeechEngine:
         return self.recognizers[name]
 
     def stream(self, audio: AudioFormat, *, language: str | None = None, model: str | None = None,
-               interim_results: bool = True, word_timestamps: bool | None = None) -> EngineStream:
+               interim_results: bool = True, word_timestamps: bool | None = None,
+               prompt: str | None = None) -> EngineStream:
         """Open a stream for one call. Must be called on the event loop that will feed it.
 
         Raises AudioFormatError for an encoding or a sample rate (MIN_RATE to MAX_RATE Hz) the
@@ -85,7 +86,8 @@ class SpeechEngine:
         words = self.asr_settings.word_timestamps if word_timestamps is None else word_timestamps
         return EngineStream(audio, vad=self.vad.stream(self.vad_settings), vad_batcher=self._vad_batcher,
                             asr=self._asr, recognizer=recognizer, language=language,
-                            interim_interval_s=max(interim_ms, 0) / 1000, word_timestamps=words)
+                            interim_interval_s=max(interim_ms, 0) / 1000, word_timestamps=words,
+                            prompt=prompt)
 
     async def aclose(self) -> None:
         """Stop the schedulers' tasks (streams still open stop getting results). The next

@@ -78,8 +78,9 @@ class EngineStream:
 
     def __init__(self, audio: AudioFormat, *, vad: VADStream, vad_batcher: VadBatcher,
                  asr: AsrScheduler, recognizer: Recognizer, language: str | None,
-                 interim_interval_s: float, word_timestamps: bool) -> None:
-        """`interim_interval_s` of 0 asks for no interims."""
+                 interim_interval_s: float, word_timestamps: bool, prompt: str | None = None) -> None:
+        """`interim_interval_s` of 0 asks for no interims; `prompt` is the vocabulary given to
+        the recognizer as previous text."""
         self.format = audio
         self._vad = vad
         self._vad_batcher = vad_batcher
@@ -88,6 +89,7 @@ class EngineStream:
         self._language = None if language in (None, "", "auto") else language
         self._interim_every = interim_interval_s
         self._words = word_timestamps
+        self._prompt = prompt
         self._resampler = Resampler(audio.sample_rate, 16000)
         self._inbox: deque[bytes] = deque()
         self._backlog_bytes = 0
@@ -233,7 +235,7 @@ class EngineStream:
         self._results.put_nowait(SpeechEvent(kind, self._index, round(at_s, 3), time.monotonic()))
 
     def _submit(self, priority: Priority, audio: np.ndarray) -> asyncio.Future[Recognition]:
-        return self._asr.submit(priority, audio, self._recognizer, self._language, self._words)
+        return self._asr.submit(priority, audio, self._recognizer, self._language, self._words, self._prompt)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:

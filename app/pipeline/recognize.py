@@ -33,6 +33,7 @@ _FRAMES_PER_S = 100  # mel frames
 _WINDOW_S = 30
 _TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
 _MAX_TOKENS = 440
+_MAX_PROMPT_TOKENS = 223  # Whisper's limit for previous text: half its 448-token context
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +89,12 @@ class Recognizer:
         return self._tokenizers[language]
 
     def transcribe(self, audio: np.ndarray, language: str | None = None,
-                   word_timestamps: bool = False) -> Recognition:
+                   word_timestamps: bool = False, prompt: str | None = None) -> Recognition:
         """Recognise one utterance (16 kHz float32, at most 30 s)."""
-        return self.transcribe_batch([audio], language, word_timestamps)[0]
+        return self.transcribe_batch([audio], language, word_timestamps, prompt)[0]
 
     def transcribe_batch(self, items: list[np.ndarray], language: str | None = None,
-                         word_timestamps: bool = False) -> list[Recognition]:
+                         word_timestamps: bool = False, prompt: str | None = None) -> list[Recognition]:
         """Recognise several utterances in one pass of the model.
 
         One batch costs much less than its utterances one by one, which is what keeps the
@@ -114,10 +115,12 @@ class Recognizer:
 
         langs = self._pick_languages(enc_view, language, len(items))
         toks = [self._tokenizer(lang) for lang in langs]
-        prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in toks]
+        # `prompt` (a session's vocabulary) goes in as "previous text", as Whisper's
+        # initial_prompt does: it biases spelling and names without being transcribed.
+        prompts = [[*self._previous(tok, prompt), *tok.sot_sequence, tok.no_timestamps] for tok in toks]
         results = self._model.model.generate(
             enc_view, prompts, beam_size=self._settings.beam_size,
-            max_length=min(_MAX_TOKENS, int(12 + 8 * max(durations))), return_scores=True,
+            max_length=min(_MAX_TOKENS, int(12 + 8 * max(durations))) + len(prompts[0]) - 4, return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
         )
         out = []
@@ -140,6 +143,12 @@ class Recognizer:
                 compute_s=time.perf_counter() - began,
             ))
         return out
+
+    @staticmethod
+    def _previous(tok: Tokenizer, prompt: str | None) -> list[int]:
+        if not prompt or not prompt.strip():
+            return []
+        return [tok.sot_prev, *tok.encode(" " + prompt.strip())[-_MAX_PROMPT_TOKENS:]]
 
     def _pick_languages(self, enc: ctranslate2.StorageView, language: str | None, count: int) -> list[str]:
         wanted = language or self._settings.language

@@ -134,6 +134,7 @@ class _Job:
     language: str | None = field(compare=False)
     words: bool = field(compare=False)
     future: asyncio.Future[Recognition] = field(compare=False)
+    prompt: str | None = field(default=None, compare=False)  # the stream's vocabulary
 
 
 class AsrScheduler:
@@ -155,11 +156,11 @@ class AsrScheduler:
         self._tasks = [loop.create_task(self._work(), name=f"asr-{i}") for i in range(self._workers)]
 
     def submit(self, priority: Priority, audio: np.ndarray, recognizer: Recognizer,
-               language: str | None, words: bool) -> asyncio.Future[Recognition]:
+               language: str | None, words: bool, prompt: str | None = None) -> asyncio.Future[Recognition]:
         """Queue one utterance (16 kHz) for recognition. Cancelling the future withdraws the
         job if it has not started (a job that has started still runs, its result unused)."""
         future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
-        self._jobs.put_nowait(_Job(priority, next(self._seq), audio, recognizer, language, words, future))
+        self._jobs.put_nowait(_Job(priority, next(self._seq), audio, recognizer, language, words, future, prompt))
         return future
 
     async def aclose(self) -> None:
@@ -184,7 +185,7 @@ class AsrScheduler:
             try:
                 results = await loop.run_in_executor(
                     self._pool, job.recognizer.transcribe_batch,
-                    [j.audio for j in batch], job.language, job.words)
+                    [j.audio for j in batch], job.language, job.words, job.prompt)
             except Exception as exc:
                 for j in batch:
                     if not j.future.done():
@@ -208,7 +209,8 @@ class AsrScheduler:
             if job.priority != first.priority:
                 other.append(job)  # the queue is ordered: nothing of first's priority is left
                 break
-            same = (job.recognizer, job.language, job.words) == (first.recognizer, first.language, first.words)
+            same = ((job.recognizer, job.language, job.words, job.prompt)
+                    == (first.recognizer, first.language, first.words, first.prompt))
             (taken if same else other).append(job)
         for job in other:
             self._jobs.put_nowait(job)

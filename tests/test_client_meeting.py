@@ -1,0 +1,103 @@
+"""The SDK's meeting session (`client/hearsay_client/meeting.py`) against the real server's
+`/v1/meetings`: each participant streams a different real clip, and each clip's words come
+back under the right speaker, merged in meeting-time order.
+
+WER bounds are "k / n" as in test_stream_api.py: n words in the reference, k allowed wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from hearsay_client import AuthenticationError, ConfigError, Hearsay, MeetingSession, StreamingResult
+from service_helpers import StartApp, clip, make_settings, reference, silence, wer
+from speech import words
+
+
+async def speak(meeting: MeetingSession, who: str, audio: bytes, speed: float = 2.0) -> None:
+    """`who` sends `audio` (16 kHz LINEAR16) in 100 ms chunks at `speed` times real time."""
+    for i in range(0, len(audio), 3200):
+        await meeting.send_audio(audio[i:i + 3200], speaker_id=who)
+        await asyncio.sleep(0.1 / speed)
+
+
+def said_by(results: list[StreamingResult], who: str) -> str:
+    return " ".join(r.transcript for r in results if r.is_final and r.speaker_id == who)
+
+
+async def test_two_participants_words_are_attributed_to_each_and_merged_in_time_order(
+        running_app: StartApp, tmp_path: Path) -> None:
+    server = await running_app(make_settings(tmp_path))
+    async with Hearsay(url=server.url("/", "ws").rstrip("/")) as client:
+        meeting = await client.streaming.create_meeting_session({
+            "meeting_id": "m1", "participants": [{"id": "alice", "language": "en"}, {"id": "bob"}]})
+        results: list[StreamingResult] = []
+
+        async def collect() -> None:
+            async for result in meeting.stream():
+                results.append(result)
+
+        reader = asyncio.create_task(collect())
+        await asyncio.gather(speak(meeting, "alice", clip("ljspeech-LJ001-0001") + silence(1.0)),
+                             speak(meeting, "bob", silence(2.0) + clip("jfk") + silence(1.0)))
+        summary = await meeting.finalize()
+        await reader
+        await meeting.close()
+
+    alice, bob = reference("ljspeech-LJ001-0001"), reference("jfk")
+    assert wer(alice, said_by(results, "alice")) <= 3 / words(alice)  # 28 words; 0-1 wrong
+    assert wer(bob, said_by(results, "bob")) <= 2 / words(bob)  # 22 words; 0 wrong
+    finals = [r for r in results if r.is_final]
+    assert [r.start_s for r in finals] == sorted(r.start_s for r in finals)  # merged in time order
+    assert [r.index for r in finals] == list(range(len(finals)))
+    assert summary.meeting_id == "m1"
+    assert [(s.speaker, s.text) for s in summary.segments] == [(r.speaker_id, r.transcript) for r in finals]
+    assert {s.id: s.words > 0 for s in summary.speakers} == {"alice": True, "bob": True}
+    assert min(s.start_s for s in summary.segments if s.speaker == "bob") >= 1.5  # bob began after 2 s of silence
+    assert summary.duration == pytest.approx(14.0, abs=0.3)
+    assert "alice:" in summary.full_transcript and "bob:" in summary.full_transcript
+
+
+async def test_a_participant_joining_late_and_one_leaving_early(running_app: StartApp, tmp_path: Path) -> None:
+    server = await running_app(make_settings(tmp_path))
+    async with Hearsay(url=server.url("/", "ws").rstrip("/")) as client:
+        meeting = await client.streaming.create_meeting_session({"participants": [{"id": "alice"}, {"id": "bob"}]})
+        bob_part = clip("cards-005") + silence(1.0)
+        await asyncio.gather(speak(meeting, "alice", clip("arctic-aew-a0001") + silence(4.0), speed=4.0),
+                             speak(meeting, "bob", bob_part, speed=4.0))
+        await meeting.remove_participant("bob")  # bob leaves while alice stays on
+        # carol was not announced: her first audio makes her join, at the meeting time reached.
+        await speak(meeting, "carol", clip("arctic-aew-a0002") + silence(1.0), speed=4.0)
+        summary = await meeting.finalize()
+        await meeting.close()
+
+    people = {s.id: s for s in summary.speakers}
+    # bob's audio starts where the meeting's audio had got to when his first chunk came (alice's
+    # first chunk or two), and he leaves when it ends.
+    assert people["bob"].joined_s <= 0.2
+    assert people["bob"].left_s - people["bob"].joined_s == pytest.approx(len(bob_part) / 32000, abs=0.01)
+    assert people["carol"].joined_s == pytest.approx((len(clip("arctic-aew-a0001")) + 4 * 32000) / 32000, abs=0.05)
+    carol = [s for s in summary.segments if s.speaker == "carol"]
+    assert carol and min(s.start_s for s in carol) >= people["carol"].joined_s
+    heard = {who: " ".join(s.text for s in summary.segments if s.speaker == who) for who in people}
+    for who, clip_id in (("alice", "arctic-aew-a0001"), ("bob", "cards-005"), ("carol", "arctic-aew-a0002")):
+        assert wer(reference(clip_id), heard[who]) <= 2 / words(reference(clip_id)), (who, heard[who])
+
+
+async def test_typed_errors_for_a_language_the_model_lacks_and_a_bad_key(running_app: StartApp,
+                                                                          tmp_path: Path) -> None:
+    server = await running_app(make_settings(tmp_path, auth={"api_keys": ["k1"]}))
+    url = server.url("/", "ws").rstrip("/")
+    async with Hearsay(url=url, api_key="nope") as bad:
+        with pytest.raises(AuthenticationError):
+            await bad.streaming.create_meeting_session({"participants": []})
+    async with Hearsay(url=url, api_key="k1") as client:
+        with pytest.raises(ConfigError) as french:
+            await client.streaming.create_meeting_session({"participants": [{"id": "amelie", "language": "fr"}]})
+        assert french.value.code == "unknown_model"  # tiny.en speaks English only
+        meeting = await client.streaming.create_meeting_session({"participants": []})
+        with pytest.raises(ConfigError):
+            await meeting.add_participant("marco", language="it")
+        await meeting.close()
