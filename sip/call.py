@@ -110,7 +110,7 @@ class MediaPorts:
     an `AudioMediaPort`'s destructor releases the port's memory at once; destroying one while
     calls run risks a use-after-free (pjproject#4200) and took the process down twice in our
     test runs. So a pair is made once, handed to each new call, taken back (and muted) when
-    the call is gone, and destroyed only at shutdown, when no call is left.
+    the call is gone, and never destroyed (see `clear`).
     """
 
     def __init__(self) -> None:
@@ -136,9 +136,15 @@ class MediaPorts:
         self._free.append((tap, player))
 
     def clear(self) -> None:
-        """Forget every pair (shutdown: their destruction follows, before libDestroy)."""
+        """Forget every pair at shutdown without destroying them: even then the bridge's clock
+        runs until `libDestroy`, so a destructor would race it as mid-run (a test run that
+        started endpoints one after another segfaulted in the next `libCreate`). They are
+        handed to C++ (`__disown__`), which never frees them: a few hundred bytes per pair,
+        once per endpoint, and an endpoint lives as long as its worker process."""
         for tap, player in self._all:
             tap.events, player.next_frame = None, None
+            tap.__disown__()
+            player.__disown__()
         self._free.clear()
         self._all.clear()
 
