@@ -124,7 +124,7 @@ async def test_a_long_outage_is_reported_as_the_exact_untranscribed_span(running
         await session.send_audio(silence(1.0))
         proxy.refusing = True
         proxy.sever()
-        await asyncio.sleep(0.2)  # the SDK notices the drop
+        await until(lambda: not session.connected)  # the SDK has noticed the drop
         await session.send_audio(silence(4.0))  # while nobody answers: 3 s more than the buffer holds
         proxy.refusing = False
         await until(lambda: session.reconnects == 1)

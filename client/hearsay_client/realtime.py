@@ -83,6 +83,11 @@ class StreamingSession:
         return self.server_sessions[0] if self.server_sessions else ""
 
     @property
+    def connected(self) -> bool:
+        """Whether a connection carries the session now (False from a drop to its reconnect)."""
+        return self._ws is not None
+
+    @property
     def duration_s(self) -> float:
         """Seconds of audio given to `send_audio`."""
         return self._written / self._bps
