@@ -95,7 +95,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     base: Settings = await loop.run_in_executor(None, load_settings, args.config)
     print(f"bench sip: loading the engine ({base.asr.model}) ...", file=sys.stderr)
-    engine = await loop.run_in_executor(None, SpeechEngine.load, base.asr, base.vad)
+    engine = await loop.run_in_executor(None, SpeechEngine.load, base.asr, base.vad, (), base.turn)
     arrivals: dict[str, float] = {}
 
     def arrived(event: dict[str, Any], at: float) -> None:

@@ -114,7 +114,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     clips = await loop.run_in_executor(None, _load_clips, Path(args.speech_dir),
                                        [c for c in args.clips.split(",") if c])
     print(f"bench twilio: loading the engine ({base.asr.model}) ...", file=sys.stderr)
-    engine = await loop.run_in_executor(None, SpeechEngine.load, base.asr, base.vad)
+    engine = await loop.run_in_executor(None, SpeechEngine.load, base.asr, base.vad, (), base.turn)
     arrivals: dict[str, float] = {}
 
     def arrived(event: dict[str, Any], at: float) -> None:
