@@ -85,7 +85,8 @@ class TurnSettings:
     """End-of-turn detection (docs/engine.md): what a pause means."""
 
     model: str = "smart-turn-v3.2"
-    complete_threshold: float = 0.9
+    complete_threshold: float = 0.8
+    sentence_end_threshold: float = 0.8
     incomplete_threshold: float = 0.1
     unsure_silence_ms: int = 700
     max_silence_ms: int = 1200
@@ -319,7 +320,7 @@ def _validate(settings: Settings) -> None:
 
 
 def _validate_turn(turn: TurnSettings, vad: VadSettings) -> None:
-    for name in ("complete_threshold", "incomplete_threshold"):
+    for name in ("complete_threshold", "sentence_end_threshold", "incomplete_threshold"):
         if not 0.0 <= getattr(turn, name) <= 1.0:
             raise SettingsError(f"turn.{name}: must be between 0 and 1")
     if turn.incomplete_threshold > turn.complete_threshold:

@@ -15,7 +15,8 @@ on talking the guess is withdrawn.
 
 With an end-of-turn model (the engine's `TurnBatcher`), each pause is also scored: the VAD
 waits for the verdict (`turn.end_after_s`, from the model's probability and, when it says
-"finished", the speculative transcript), which says how much silence ends the utterance. So
+"finished", how sure Whisper is that the speculative transcript ends a sentence), which says
+how much silence ends the utterance. So
 an utterance is the caller's whole turn, and a pause mid-sentence does not split it.
 
 `results()` yields, for each utterance `index` (0, 1, ... in stream order):
@@ -268,13 +269,14 @@ class EngineStream:
         except Exception:
             log.exception("end-of-turn model failed; this pause waits unsure_silence_ms")
             return s.unsure_silence_ms / 1000
-        text = None
+        sentence_end = None
         if probability >= s.complete_threshold:
-            # Only a "finished" score needs the words; the final needs them anyway.
+            # Only a "finished" score needs Whisper's view; the final needs its words anyway.
             await asyncio.wait([speculation])
             if not speculation.cancelled() and speculation.exception() is None:
-                text = speculation.result().text
-        return end_after_s(probability, text, s, self._vad.settings.min_silence_ms / 1000)
+                sentence_end = speculation.result().sentence_end
+        log.debug("pause judged: turn model %.3f, sentence end %s", probability, sentence_end)
+        return end_after_s(probability, sentence_end, s, self._vad.settings.min_silence_ms / 1000)
 
     def _announce(self, kind: SpeechEventKind, at_s: float) -> None:
         # Straight to the results: a speech event is never held behind a pending final.

@@ -223,7 +223,8 @@ class AsrScheduler:
     def submit(self, priority: Priority, audio: np.ndarray, recognizer: Recognizer,
                language: str | None, words: bool) -> asyncio.Future[Recognition]:
         """Queue one utterance (16 kHz) for recognition. Cancelling the future withdraws the
-        job if it has not started (a job that has started still runs, its result unused)."""
+        job if it has not started (a job that has started still runs, its result unused).
+        Finals come back with Whisper's `sentence_end` (the end-of-turn policy reads it)."""
         future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
         self._jobs.put_nowait(_Job(priority, next(self._seq), audio, recognizer, language, words, future))
         return future
@@ -250,7 +251,7 @@ class AsrScheduler:
             try:
                 results = await loop.run_in_executor(
                     self._pool, job.recognizer.transcribe_batch,
-                    [j.audio for j in batch], job.language, job.words)
+                    [j.audio for j in batch], job.language, job.words, job.priority is Priority.FINAL)
             except Exception as exc:
                 for j in batch:
                     if not j.future.done():

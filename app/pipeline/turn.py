@@ -6,22 +6,21 @@ probability that the speaker has finished. It is stateless, so one model serves 
 and `score` takes a batch (the engine's `TurnBatcher` gathers the streams' pauses). It runs
 on one onnxruntime thread: the machine's other cores belong to Whisper.
 
-`end_after_s` is the policy: from that probability and the transcript of the turn so far, how
-much silence (from the end of speech) ends the turn:
-- at least `complete_threshold`, and the transcript ends like a sentence: `[vad]
-  min_silence_ms`, as without a model (shorter pauses inside a sentence are common, and
-  the model is asked at `speech_pad_ms`, before they are over);
-- below `incomplete_threshold`: the speaker is mid-sentence; `max_silence_ms`;
-- in between (or a sentence-like score on words that do not end like a sentence):
-  `unsure_silence_ms`.
-Why three levels and not two: on 8 kHz phone audio the model is right about unfinished
-sentences only part of the time (docs/engine.md has the figures), so a single threshold either
-cuts mid-sentence pauses or keeps callers who have finished waiting for `max_silence_ms`.
+`end_after_s` is the policy: from that probability and Whisper's own view of the words so far
+(`Recognition.sentence_end`: how sure it is that its transcript ends with a full stop, question
+or exclamation mark), how much silence (from the end of speech) ends the turn:
+- both at least their thresholds (`complete_threshold`, `sentence_end_threshold`): `[vad]
+  min_silence_ms`, as without a model (shorter pauses inside a sentence are common, and the
+  model is asked at `speech_pad_ms`, before they are over);
+- the model below `incomplete_threshold`: the speaker is mid-sentence; `max_silence_ms`;
+- anything else: `unsure_silence_ms`.
+Why two signals and three levels: on 8 kHz phone audio the model alone calls many mid-sentence
+pauses finished (a reader's comma sounds final to it), and a single threshold either cuts those
+or keeps callers who have finished waiting for `max_silence_ms`; docs/engine.md has the figures.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,6 @@ SAMPLE_RATE = 16000
 WINDOW_S = 8  # the model reads the last 8 s of the turn
 _WINDOW = WINDOW_S * SAMPLE_RATE
 _FRAMES = WINDOW_S * 100  # log-mel frames of 10 ms
-_SENTENCE_END = re.compile(r"[^.][.?!][\"')\]]*$")  # one stop, not an ellipsis ("And it is...")
 
 
 class SmartTurn:
@@ -75,19 +73,14 @@ class SmartTurn:
         return np.asarray(self._features(window, padding=0)[:, :_FRAMES], dtype=np.float32)
 
 
-def ends_like_a_sentence(text: str) -> bool:
-    """Whether Whisper's transcript ends with a full stop, question or exclamation mark (not
-    a comma, an ellipsis or a bare word): Whisper punctuates from the audio it heard, and a
-    sentence cut mid-way often comes back without its stop."""
-    return bool(_SENTENCE_END.search(text.strip()))
-
-
-def end_after_s(probability: float, text: str | None, settings: TurnSettings, min_silence_s: float) -> float:
+def end_after_s(probability: float, sentence_end: float | None, settings: TurnSettings,
+                min_silence_s: float) -> float:
     """Seconds of silence after the end of speech that end the turn, given the model's
-    `probability` that the speaker has finished and the transcript of the turn so far (None
-    when it is not needed or not known); `min_silence_s` is the shortest ([vad]
-    min_silence_ms). See the module doc."""
-    if probability >= settings.complete_threshold and text is not None and ends_like_a_sentence(text):
+    `probability` that the speaker has finished and Whisper's `sentence_end` probability for
+    the turn's transcript so far (None when not needed or not known); `min_silence_s` is the
+    shortest ([vad] min_silence_ms). See the module doc."""
+    if (probability >= settings.complete_threshold and sentence_end is not None
+            and sentence_end >= settings.sentence_end_threshold):
         return min_silence_s
     if probability < settings.incomplete_threshold:
         return settings.max_silence_ms / 1000
