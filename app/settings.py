@@ -85,10 +85,10 @@ class TurnSettings:
     """End-of-turn detection (docs/engine.md): what a pause means."""
 
     model: str = "smart-turn-v3.2"
-    complete_threshold: float = 0.8
-    sentence_end_threshold: float = 0.8
-    incomplete_threshold: float = 0.1
-    unsure_silence_ms: int = 700
+    complete_threshold: float = 0.7
+    sentence_end_threshold: float = 0.85
+    incomplete_threshold: float = 0.05
+    unsure_silence_ms: int = 600
     max_silence_ms: int = 1200
     probe_trim_ms: int = 100
 

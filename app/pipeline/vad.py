@@ -179,7 +179,11 @@ class VADStream:
 
     def resolve_pause(self, end_after_s: float) -> None:
         """The verdict on the pause last announced: the utterance ends once the silence has
-        lasted `end_after_s` (0: now), unless speech resumes first. Events: `take_events`."""
+        lasted `end_after_s` (0: now), unless speech resumes first. Events: `take_events`.
+        A verdict that comes after the utterance ended anyway (a `max_utterance_s` cut in the
+        chunk that announced the pause) is ignored."""
+        if not self._awaiting:
+            return
         self._awaiting = False
         self._end_silence = int(end_after_s * SAMPLE_RATE)
         if self._speaking and self._silence_start is not None and self._pos - self._silence_start >= self._end_silence:
