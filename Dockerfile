@@ -8,7 +8,7 @@ WORKDIR /srv/hearsay
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 espeak-ng kamailio make \
     && rm -rf /var/lib/apt/lists/*
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md Makefile ./
 COPY app ./app
 COPY sip ./sip
 # torch==2.13.0 from plain PyPI is the large CUDA build; pass an index holding the CPU wheel
@@ -16,7 +16,9 @@ COPY sip ./sip
 ARG PIP_EXTRA_INDEX_URL=""
 RUN python -m venv .venv \
     && .venv/bin/pip install --no-cache-dir --upgrade pip \
-    && PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL" .venv/bin/pip install --no-cache-dir -e .
+    && PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL" .venv/bin/pip install --no-cache-dir -e . \
+    && make smart-turn
+# (the end-of-turn model, out of the pipecat-ai wheel into .venv/share/hearsay: see the Makefile)
 
 COPY settings.toml ./
 COPY dialplans ./dialplans

@@ -110,7 +110,8 @@ def _engine_ctx(given: SpeechEngine | None) -> Callable[[web.Application], Async
         try:
             from app.pipeline.engine import SpeechEngine
 
-            app[ENGINE] = await loop.run_in_executor(None, SpeechEngine.load, settings.asr, settings.vad)
+            app[ENGINE] = await loop.run_in_executor(
+                None, SpeechEngine.load, settings.asr, settings.vad, (), settings.turn)
             log.info("speech engine loaded (model %s) in %.1f s", settings.asr.model,
                      time.monotonic() - started)
         except Exception as exc:

@@ -82,6 +82,19 @@ class VadSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """End-of-turn detection (docs/engine.md): what a pause means."""
+
+    model: str = "smart-turn-v3.2"
+    complete_threshold: float = 0.7
+    sentence_end_threshold: float = 0.85
+    incomplete_threshold: float = 0.05
+    unsure_silence_ms: int = 600
+    max_silence_ms: int = 1200
+    probe_trim_ms: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class DialplanSettings:
     dir: str = "dialplans"
 
@@ -167,6 +180,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     asr: AsrSettings = field(default_factory=AsrSettings)
     vad: VadSettings = field(default_factory=VadSettings)
+    turn: TurnSettings = field(default_factory=TurnSettings)
     dialplans: DialplanSettings = field(default_factory=DialplanSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
@@ -306,9 +320,22 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"vad.{name}: must not be negative")
     if vad.max_utterance_s < 1.0:
         raise SettingsError("vad.max_utterance_s: must be at least 1 second")
+    _validate_turn(settings.turn, vad)
     for codec in settings.sip.codecs:
         if codec.upper() not in ("PCMU", "PCMA", "G722"):
             raise SettingsError(f"sip.codecs: unknown codec {codec!r} (PCMU, PCMA, G722)")
     for transport in settings.sip.transports:
         if transport not in ("udp", "tcp"):
             raise SettingsError(f"sip.transports: unknown transport {transport!r} (udp, tcp)")
+
+
+def _validate_turn(turn: TurnSettings, vad: VadSettings) -> None:
+    for name in ("complete_threshold", "sentence_end_threshold", "incomplete_threshold"):
+        if not 0.0 <= getattr(turn, name) <= 1.0:
+            raise SettingsError(f"turn.{name}: must be between 0 and 1")
+    if turn.incomplete_threshold > turn.complete_threshold:
+        raise SettingsError("turn.incomplete_threshold: must not be above turn.complete_threshold")
+    if not 0 <= turn.probe_trim_ms <= vad.speech_pad_ms:
+        raise SettingsError(f"turn.probe_trim_ms: must be between 0 and [vad] speech_pad_ms ({vad.speech_pad_ms})")
+    if not vad.min_silence_ms <= turn.unsure_silence_ms <= turn.max_silence_ms:
+        raise SettingsError("turn.unsure_silence_ms: must be between [vad] min_silence_ms and turn.max_silence_ms")

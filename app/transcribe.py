@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = args.config if Path(args.config).is_file() else None
         settings = load_settings(config)
-        engine = SpeechEngine.load(settings.asr, settings.vad, [args.model] if args.model else [])
+        engine = SpeechEngine.load(settings.asr, settings.vad, [args.model] if args.model else [],
+                                   turn=settings.turn)
     except (SettingsError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

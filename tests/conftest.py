@@ -38,7 +38,7 @@ def base_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def loaded_engine(base_settings: Settings) -> Iterator[SpeechEngine]:
-    engine = SpeechEngine.load(base_settings.asr, base_settings.vad)
+    engine = SpeechEngine.load(base_settings.asr, base_settings.vad, turn=base_settings.turn)
     yield engine
     engine.close()
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import speech
 
+from app.bench.common import speech_end_s, speech_start_s
 from app.pipeline import EngineResult, SpeechEvent, SpeechEventKind, Transcript
 from app.pipeline.decode import encode
 from app.pipeline.engine import SpeechEngine
@@ -89,6 +90,39 @@ async def test_two_sentences_become_two_finals_with_their_times(engine: SpeechEn
     b_start = 0.5 + len(a) / 16000 + 1.5
     assert 0.0 <= got[0].start_s < got[0].end_s <= b_start
     assert b_start - 0.6 <= got[1].start_s < got[1].end_s <= len(audio) / 16000 + 0.01
+
+
+async def test_a_caller_who_pauses_mid_sentence_gets_one_final_for_the_sentence(engine: SpeechEngine) -> None:
+    # One sentence, read over two LJSpeech clips: "especially as no more time is occupied, ...
+    # or printing beautiful letters" ... "than in the same operations with ugly ones.", with
+    # half a second from the last word of one to the first of the other.
+    ids = ["ljspeech-LJ001-0012", "ljspeech-LJ001-0013"]
+    a, b = speech.load(ids[0]), speech.load(ids[1])
+    a, b = a[: int(speech_end_s(a, 16000) * 16000)], b[int(speech_start_s(b, 16000) * 16000) :]
+    audio = np.concatenate([a, speech.silence(0.5), b, speech.silence(2.0)])
+    got = finals(await run_stream(engine, speech.telephone(audio)))
+    assert len(got) == 1 and got[0].end_of_turn, [t.text for t in got]
+    # 25 words; 0 wrong measured on this machine. A word costs 4 %: 13 % allows 3.
+    assert speech.wer(references(ids), got[0].text) <= 0.13, got[0].text
+    # Without an end-of-turn model the pause ends the utterance, as before.
+    pauses_only = SpeechEngine(engine.vad, engine.recognizers, engine.asr_settings, engine.vad_settings)
+    try:
+        split = finals(await run_stream(pauses_only, speech.telephone(audio)))
+    finally:
+        await pauses_only.aclose()
+        pauses_only.close()
+    assert len(split) >= 2 and all(t.end_of_turn for t in split), [t.text for t in split]
+
+
+async def test_a_turn_longer_than_max_utterance_goes_on_in_the_next_final(engine: SpeechEngine) -> None:
+    ids = ["ljspeech-LJ001-0014", "ljspeech-LJ001-0015"]  # one 19 s sentence, a 0.3 s pause in it
+    audio = np.concatenate([speech.load(ids[0]), speech.silence(0.3), speech.load(ids[1]), speech.silence(2.0)])
+    got = finals(await run_stream(engine, speech.telephone(audio)))
+    assert len(got) >= 2 and got[-1].end_of_turn
+    assert not got[0].end_of_turn  # cut at max_utterance_s (15 s): the caller has not finished
+    # 59 words; 1 wrong measured on this machine ("middle ages," unpunctuated is not wrong):
+    # 1.7 %. 9 % allows 5.
+    assert speech.wer(references(ids), texts(got)) <= 0.09, texts(got)
 
 
 async def test_linear16_at_16k_and_alaw_work_too(engine: SpeechEngine) -> None:

@@ -46,3 +46,18 @@ def test_base_is_joined_once_and_detects_the_language(tmp_path: Path) -> None:
     assert result.language == "en"
     # 22 words, 0 wrong on every CPU kernel path tried; 2 may change between CPU families
     assert speech.wer(speech.reference("jfk"), result.text) <= 2 / 22, result.text
+
+
+def test_the_turn_model_is_installed_by_make_with_its_licence() -> None:
+    path = models.resolve_turn(models.SMART_TURN)
+    assert path is not None and path.stat().st_size > 8_000_000
+    assert "BSD 2-Clause" in (path.parent / "LICENSE").read_text()
+    assert models.resolve_turn("none") is None
+    assert models.resolve_turn(str(path)) == path  # a path to an .onnx file is accepted
+
+
+def test_a_missing_turn_model_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match=r"make install.*\[turn\] model = \"none\""):
+        models.resolve_turn(models.SMART_TURN, prefix=tmp_path)
+    with pytest.raises(UnknownModelError, match="unknown turn model 'big-turn'"):
+        models.resolve_turn("big-turn")

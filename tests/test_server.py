@@ -158,7 +158,9 @@ async def test_serve_survives_kill_9_mid_stream_and_reloads_on_sighup(
                 session_id = (await next_message(ws))["sessionId"]
                 names = ["arctic-aew-a0003", "ljspeech-LJ001-0004"]  # one utterance each
                 for name in names:
-                    await send_audio(ws, clip(name) + silence(1.2))
+                    # LJ001-0004 stops mid-sentence ("... the true printed book,"): its turn
+                    # ends after [turn] max_silence_ms (1.2 s) of silence, which must arrive.
+                    await send_audio(ws, clip(name) + silence(2.0))
                 heard: list[dict[str, Any]] = []
                 while len(heard) < len(names):
                     message = await next_message(ws, wait_s=60)

@@ -39,6 +39,9 @@ def test_environment_overrides_any_key() -> None:
     ({"HEARSAY_SIP_ENABLED": "maybe"}, "HEARSAY_SIP_ENABLED: expected true or false"),
     ({"HEARSAY_LOG_FORMAT": "xml"}, "log.format"),
     ({"HEARSAY_VAD_THRESHOLD": "1.5"}, "vad.threshold"),
+    ({"HEARSAY_TURN_INCOMPLETE_THRESHOLD": "0.95"}, "turn.incomplete_threshold: must not be above"),
+    ({"HEARSAY_TURN_UNSURE_SILENCE_MS": "100"}, "turn.unsure_silence_ms"),
+    ({"HEARSAY_TURN_PROBE_TRIM_MS": "500"}, "turn.probe_trim_ms"),
 ])
 def test_bad_environment_values_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):

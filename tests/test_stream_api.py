@@ -81,6 +81,7 @@ async def test_clip_words_reach_client_and_webhook(running_app: StartApp, tmp_pa
     for r in results:
         assert 0 <= r["start_s"] < r["end_s"] <= 12.0 and r["timestamp"] == r["end_s"]
         assert 0 < r["confidence"] <= 1
+        assert r["endOfTurn"] is True  # each final here ends the speaker's turn
 
     ended = await consumer.wait(session_id)
     assert consumer.rejected == 0
@@ -115,6 +116,7 @@ async def test_telephone_audio_interims_and_single_utterance(running_app: StartA
             await reader
         interims = [m["result"] for m in messages if is_interim(m)]
         assert interims, "interimResults=true gives interim results"
+        assert not any(r["endOfTurn"] for r in interims)
         assert wer(reference("jfk"), messages[-1]["result"]["text"]) <= 5 / 22  # 3 wrong over the phone
 
         # singleUtterance: the session ends by itself after the first final.

@@ -110,3 +110,44 @@ def test_speech_is_announced_once_it_has_lasted_min_speech(model: SileroVAD) -> 
     later, same_start = announced(VadSettings(min_speech_ms=200))
     assert same_start == start  # announced late, but it tells where the speech began
     assert later - at_once >= 6 * CHUNK / 16000  # 7 voiced chunks make 200 ms; the 1st announced at once
+
+
+def run_turns(model: SileroVAD, audio: np.ndarray, verdict_s: float) -> list[object]:
+    """As `run`, in turn mode: every pause waits for a verdict, which is `verdict_s`."""
+    stream = model.stream(VadSettings(), turn_silence_s=1.2)
+    events: list[object] = []
+    for i in range(0, len(audio), 320):
+        stream.append(audio[i : i + 320])
+        while stream.ready or stream.awaiting_verdict:
+            if stream.awaiting_verdict:
+                assert stream.ready == 0  # nothing is classified past a pause being judged
+                stream.resolve_pause(verdict_s)
+            else:
+                model.infer([stream])
+            events += stream.take_events()
+    return events + stream.flush()
+
+
+def test_a_pause_judged_unfinished_keeps_the_sentence_whole(model: SileroVAD) -> None:
+    # One LJSpeech sentence read over two clips, with a 0.6 s pause between them.
+    a, b = speech.load("ljspeech-LJ001-0001"), speech.load("ljspeech-LJ001-0002")
+    audio = np.concatenate([a, speech.silence(0.6), b, speech.silence(2.0)])
+    held = run_turns(model, audio, verdict_s=1.2)
+    assert_each_start_is_ended(held)
+    assert len(ended(held)) == 1  # resumed speech continues the same utterance
+    assert any(isinstance(e, SpeechResumed) for e in held)
+    # Verdicts of "finished" end it at the pauses (the reader's comma after "concerned" too),
+    # as min_silence_ms does without a model.
+    assert len(ended(run_turns(model, audio, verdict_s=0.35))) == len(ended(run(model, audio))) >= 2
+
+
+def test_without_a_verdict_a_pause_waits_for_max_silence(model: SileroVAD) -> None:
+    audio = np.concatenate([speech.load("cards-003"), speech.silence(1.0)])
+    stream = model.stream(VadSettings(), turn_silence_s=1.2)
+    stream.append(audio)
+    while stream.ready:
+        model.infer([stream])
+    assert stream.awaiting_verdict and stream.ready == 0
+    assert [type(e) for e in stream.take_events()] == [SpeechStarted, SpeechPaused]
+    # The stream ends before any verdict: the utterance is still closed, once.
+    assert [type(e) for e in stream.flush()] == [UtteranceEnded]

@@ -1,19 +1,24 @@
 """`python -m app bench engine`: Hearsay's streaming engine against stock faster-whisper.
 
-Every clip with a transcript in the speech directory crosses the telephone channel (8 kHz
-G.711 mu-law) and then goes, in the same run and on the same loaded model:
+On each of two dev sets (`devsets`: `speech`, the clips the engine was tuned on, and
+`passages`, speech it was not), every item crosses the telephone channel (8 kHz G.711 mu-law)
+and then goes, in the same run and on the same loaded model:
 - through Hearsay: an `EngineStream` fed 20 ms frames as fast as it takes them (WER,
-  finalisation compute per utterance, real-time factor), then a real-time pass over a few
-  clips (time to first interim, end of speech -> final latency);
-- through stock `WhisperModel.transcribe()` on the whole clip (beam 1), the usual approach.
-It also checks that 60 s of silence and the noise clip produce no words.
+  finalisation compute per utterance, real-time factor);
+- through stock `WhisperModel.transcribe()` on the whole item (beam 1), the usual approach.
+Per set it also measures:
+- the false-cut rate: sentences with a pause of 300, 500 or 700 ms inserted at the word
+  boundary nearest their middle; the share that come out as more than one final;
+- end-of-turn latency: finished sentences played in real time, from the true end of speech
+  to the final (p50/p95); and time to the first interim.
+Then the end-of-turn model's CPU per call, and that 60 s of silence and the noise clip give
+no words.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import platform
@@ -21,23 +26,29 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jiwer
 import numpy as np
-from whisper_normalizer.english import EnglishTextNormalizer
 
-from app.audiofile import iter_pcm16
-from app.bench.common import SPEECH_DIR, speech_end_s
+from app.bench.common import SPEECH_DIR, normalize, speech_end_s
+from app.bench.devsets import Item, load_wav, passage_set, sentence_set, speech_set, split_at_middle_word
 from app.pipeline.decode import decode, encode
 from app.pipeline.engine import SpeechEngine
 from app.pipeline.resample import resample_whole
 from app.pipeline.types import AudioFormat, Encoding, Transcript
 from app.settings import load_settings
 
+if TYPE_CHECKING:
+    from piper.voice import PiperVoice
+
 FRAME = 160  # 20 ms of 8 kHz mu-law
-TAIL_S = 1.0
+TAIL_S = 1.0  # silence after each item of the WER pass
+TURN_TAIL_S = 2.0  # ... of the latency and false-cut passes: longer than [turn] max_silence_ms
+PAUSES_S = (0.3, 0.5, 0.7)
+MIN_SPLIT_WORDS = 6
 REALTIME_CLIPS = ("jfk", "ljspeech-LJ001-0005", "arctic-aew-a0003", "timit-LDC93S1", "cards-005",
-                  "ljspeech-LJ001-0013")
+                  "ljspeech-LJ001-0013", "arctic-aew-a0001", "arctic-aew-a0002", "ljspeech-LJ001-0009",
+                  "cards-001")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,17 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"directory with manifest.tsv and the clips (default: {SPEECH_DIR}; "
                              "or set HEARSAY_SPEECH_DIR)")
     parser.add_argument("--config", default="settings.toml")
+    parser.add_argument("--sets", default="speech,passages", help="dev sets to run (default: both)")
     parser.add_argument("--no-realtime", action="store_true", help="skip the real-time latency pass")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-
-
-@dataclass
-class Clip:
-    id: str
-    reference: str
-    ulaw: bytes  # the telephone channel's bytes, with TAIL_S of silence after the speech
-    speech_end_s: float  # true end of speech in the clip (energy-based)
-    duration_s: float
 
 
 @dataclass
@@ -67,60 +70,80 @@ class Figures:
     hyps: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class DevSet:
+    name: str
+    items: list[Item]  # WER
+    sentences: list[Item]  # split for false cuts
+    finished: list[Item]  # played in real time for end-of-turn latency
+
+
 def run(args: argparse.Namespace) -> int:
+    from app.talkback.tts import load_piper_voice
+
     settings = load_settings(args.config if Path(args.config).is_file() else None)
-    clips = load_clips(Path(args.speech))
-    engine = SpeechEngine.load(settings.asr, settings.vad)
+    sets = dev_sets(Path(args.speech), load_piper_voice(), args.sets.split(","))
+    engine = SpeechEngine.load(settings.asr, settings.vad, turn=settings.turn)
     try:
-        report = asyncio.run(_bench(engine, clips, Path(args.speech), not args.no_realtime))
+        report = asyncio.run(_bench(engine, sets, Path(args.speech), not args.no_realtime))
     finally:
         engine.close()
-    print_report(report, settings.asr.model, settings.asr.compute_type)
+    report["settings"] = {"asr": f"{settings.asr.model} ({settings.asr.compute_type})",
+                          "turn": repr(settings.turn), "vad_min_silence_ms": settings.vad.min_silence_ms}
+    print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 
-def load_clips(speech_dir: Path) -> list[Clip]:
-    clips = []
-    with (speech_dir / "manifest.tsv").open() as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["kind"] != "transcript":
-                continue
-            audio = np.concatenate(list(iter_pcm16(speech_dir / row["file"], 16000))).astype(np.float32) / 32768
-            padded = np.concatenate([audio, np.zeros(int(TAIL_S * 16000), np.float32)])
-            ulaw = encode(resample_whole(padded, 16000, 8000), Encoding.MULAW)
-            clips.append(Clip(row["id"], row["reference"], ulaw, speech_end_s(audio, 16000), len(audio) / 16000))
-    return clips
+def dev_sets(speech_dir: Path, voice: PiperVoice, names: list[str]) -> list[DevSet]:
+    sets = []
+    if "speech" in names:
+        clips = speech_set(speech_dir)
+        sentences = [c for c in clips if len(normalize(c.reference).split()) >= MIN_SPLIT_WORDS]
+        sets.append(DevSet("speech", clips, sentences, [c for c in clips if c.id in REALTIME_CLIPS]))
+    if "passages" in names:
+        spoken = sentence_set(voice)
+        finished = [i for i in spoken if i.id.startswith("piper-sentence-")]
+        sets.append(DevSet("passages", passage_set(speech_dir, voice), spoken, finished))
+    return sets
 
 
-async def _bench(engine: SpeechEngine, clips: list[Clip], speech_dir: Path, realtime: bool) -> dict[str, object]:
-    for clip in clips[:2]:  # warm-up
-        await _stream(engine, clip.ulaw)
+def telephone(audio: np.ndarray, tail_s: float) -> bytes:
+    padded = np.concatenate([audio, np.zeros(int(tail_s * 16000), np.float32)])
+    return encode(resample_whole(padded, 16000, 8000), Encoding.MULAW)
+
+
+async def _bench(engine: SpeechEngine, sets: list[DevSet], speech_dir: Path, realtime: bool) -> dict[str, object]:
+    for item in sets[0].items[:2]:  # warm-up
+        await _stream(engine, telephone(item.audio, TAIL_S))
+    report: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
+    for dev in sets:
+        report[dev.name] = await _bench_set(engine, dev, realtime)
+    report["turn_model_ms_per_call"] = await asyncio.to_thread(_turn_cpu, engine, sets[0].finished or sets[0].items)
+    report["silence_60s_words"], report["noise_clip_words"] = await _no_words(engine, speech_dir)
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return report
+
+
+async def _bench_set(engine: SpeechEngine, dev: DevSet, realtime: bool) -> dict[str, object]:
     hearsay = Figures()
-    for clip in clips:
+    for item in dev.items:
+        ulaw = telephone(item.audio, TAIL_S)
         began = time.perf_counter()
-        results, _ = await _stream(engine, clip.ulaw)
+        results, _ = await _stream(engine, ulaw)
         hearsay.wall_s += time.perf_counter() - began
-        hearsay.audio_s += len(clip.ulaw) / 8000
+        hearsay.audio_s += len(ulaw) / 8000
         finals = [t for t in results if t.is_final]
         hearsay.finalize_ms += [t.compute_s * 1000 for t in finals]
-        hearsay.hyps[clip.id] = " ".join(t.text for t in finals)
-    hearsay.wer = score(clips, hearsay.hyps)
-
-    stock = await asyncio.to_thread(_stock, engine, clips)
-    silence_words, noise_words = await _no_words(engine, speech_dir)
-    live = await _realtime(engine, [c for c in clips if c.id in REALTIME_CLIPS]) if realtime else {}
-    return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "clips": len(clips),
-        "hearsay": _summary(hearsay),
-        "stock": _summary(stock),
-        "silence_60s_words": silence_words,
-        "noise_clip_words": noise_words,
-        "realtime": live,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }
+        hearsay.hyps[item.id] = " ".join(t.text for t in finals)
+    hearsay.wer = score(dev.items, hearsay.hyps)
+    stock = await asyncio.to_thread(_stock, engine, dev.items)
+    cuts = await _false_cuts(engine, dev.sentences)
+    live = await _realtime(engine, dev.finished) if realtime else {}
+    return {"items": len(dev.items), "hearsay": _summary(hearsay), "stock": _summary(stock),
+            "false_cuts": cuts, "realtime": live}
 
 
 async def _stream(engine: SpeechEngine, ulaw: bytes, pace: bool = False) -> tuple[list[Transcript], float]:
@@ -144,26 +167,46 @@ async def _stream(engine: SpeechEngine, ulaw: bytes, pace: bool = False) -> tupl
     return results, start
 
 
-def _stock(engine: SpeechEngine, clips: list[Clip]) -> Figures:
+def _stock(engine: SpeechEngine, items: list[Item]) -> Figures:
     model = engine.recognizer(None).whisper
     figures = Figures()
-    for clip in clips:
-        audio = resample_whole(decode(clip.ulaw, Encoding.MULAW), 8000)
+    for item in items:
+        ulaw = telephone(item.audio, TAIL_S)
+        audio = resample_whole(decode(ulaw, Encoding.MULAW), 8000)
         began = time.perf_counter()
         segments, _ = model.transcribe(audio, beam_size=1, language="en")
         text = " ".join(s.text.strip() for s in segments)
         spent = time.perf_counter() - began
         figures.finalize_ms.append(spent * 1000)
         figures.wall_s += spent
-        figures.audio_s += len(clip.ulaw) / 8000
-        figures.hyps[clip.id] = text
-    figures.wer = score(clips, figures.hyps)
+        figures.audio_s += len(ulaw) / 8000
+        figures.hyps[item.id] = text
+    figures.wer = score(items, figures.hyps)
     return figures
+
+
+async def _false_cuts(engine: SpeechEngine, sentences: list[Item]) -> dict[str, object]:
+    """Per pause length: sentences split into more than one final, of those split."""
+    model = engine.recognizer(None).whisper
+    split: dict[float, list[str]] = {p: [] for p in PAUSES_S}
+    counted = 0
+    for item in sentences:
+        variants = await asyncio.to_thread(split_at_middle_word, item, model, PAUSES_S)
+        if not variants:
+            continue
+        counted += 1
+        for pause, audio in zip(PAUSES_S, variants, strict=True):
+            results, _ = await _stream(engine, telephone(audio, TURN_TAIL_S))
+            if sum(t.is_final for t in results) > 1:
+                split[pause].append(item.id)
+    return {f"{int(p * 1000)}ms": {"sentences": counted, "split": len(ids),
+                                   "rate_pct": round(100 * len(ids) / counted, 1) if counted else None,
+                                   "which": ids} for p, ids in split.items()}
 
 
 async def _no_words(engine: SpeechEngine, speech_dir: Path) -> tuple[int, int]:
     silence = encode(np.zeros(60 * 8000, np.float32), Encoding.MULAW)
-    noise = np.concatenate(list(iter_pcm16(speech_dir / "noise-dishes.wav", 8000))).astype(np.float32) / 32768
+    noise = resample_whole(load_wav(speech_dir / "noise-dishes.wav"), 16000, 8000)
     counts = []
     for ulaw in (silence, encode(noise, Encoding.MULAW)):
         results, _ = await _stream(engine, ulaw)
@@ -171,23 +214,36 @@ async def _no_words(engine: SpeechEngine, speech_dir: Path) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-async def _realtime(engine: SpeechEngine, clips: list[Clip]) -> dict[str, object]:
+async def _realtime(engine: SpeechEngine, items: list[Item]) -> dict[str, object]:
     first_interim, latency = [], []
-    for clip in clips:
-        results, start = await _stream(engine, clip.ulaw, pace=True)
+    for item in items:
+        results, start = await _stream(engine, telephone(item.audio, TURN_TAIL_S), pace=True)
         interims = [t for t in results if not t.is_final]
         finals = [t for t in results if t.is_final]
         if interims:
             first_interim.append(interims[0].emitted_at - start - interims[0].start_s)
         if finals:
-            latency.append(finals[-1].emitted_at - start - clip.speech_end_s)
-    return {"clips": len(clips), "first_interim_s": _pcts(first_interim), "end_of_speech_to_final_s": _pcts(latency)}
+            latency.append(finals[-1].emitted_at - start - speech_end_s(item.audio, 16000))
+    return {"clips": len(items), "first_interim_s": _pcts(first_interim), "end_of_turn_s": _pcts(latency)}
 
 
-def score(clips: list[Clip], hyps: dict[str, str]) -> float:
-    norm = EnglishTextNormalizer()
-    refs = [norm(c.reference) for c in clips]
-    out = [norm(hyps.get(c.id, "")) for c in clips]
+def _turn_cpu(engine: SpeechEngine, items: list[Item]) -> dict[str, float] | None:
+    """CPU time (this thread's) of one end-of-turn model call, on the end of each item."""
+    if engine.turn_model is None:
+        return None
+    spent = []
+    for item in (items * 4)[:20]:
+        began = time.thread_time()
+        engine.turn_model.score([item.audio])
+        spent.append((time.thread_time() - began) * 1000)
+    return {"p50": round(float(np.median(spent)), 1), "p95": round(float(np.percentile(spent, 95)), 1)}
+
+
+def score(items: list[Item], hyps: dict[str, str]) -> float:
+    import jiwer
+
+    refs = [normalize(i.reference) for i in items]
+    out = [normalize(hyps.get(i.id, "")) for i in items]
     return float(jiwer.wer(refs, out))
 
 
@@ -203,17 +259,29 @@ def _summary(f: Figures) -> dict[str, object]:
             "rtf": round(f.wall_s / f.audio_s, 4) if f.audio_s else None, "transcripts": f.hyps}
 
 
-def print_report(r: dict[str, object], model: str, compute_type: str) -> None:
-    h, s = r["hearsay"], r["stock"]
-    assert isinstance(h, dict) and isinstance(s, dict)
-    print(f"engine benchmark: {r['clips']} clips through 8 kHz mu-law, model {model} ({compute_type}); {r['machine']}")
-    print(f"{'':28s}{'WER %':>8s}{'finalize p50 ms':>17s}{'p95 ms':>9s}{'RTF':>8s}")
-    for name, f in (("hearsay streaming", h), ("stock transcribe() per clip", s)):
-        fin = f["finalize_ms"]
-        print(f"{name:28s}{f['wer_pct']:8.2f}{fin.get('p50', 0):17.0f}{fin.get('p95', 0):9.0f}{f['rtf']:8.3f}")
+def print_report(r: dict[str, object]) -> None:
+    settings = r["settings"]
+    assert isinstance(settings, dict)
+    print(f"engine benchmark, 8 kHz mu-law, model {settings['asr']}; {r['machine']}")
+    print(f"turn: {settings['turn']}")
+    for name in ("speech", "passages"):
+        dev = r.get(name)
+        if not isinstance(dev, dict):
+            continue
+        h, s = dev["hearsay"], dev["stock"]
+        print(f"\n[{name}] {dev['items']} items")
+        print(f"{'':28s}{'WER %':>8s}{'finalize p50 ms':>17s}{'p95 ms':>9s}{'RTF':>8s}")
+        for label, f in (("hearsay streaming", h), ("stock transcribe() per item", s)):
+            fin = f["finalize_ms"]
+            print(f"{label:28s}{f['wer_pct']:8.2f}{fin.get('p50', 0):17.0f}{fin.get('p95', 0):9.0f}{f['rtf']:8.3f}")
+        print(f"streaming - stock: {h['wer_pct'] - s['wer_pct']:+.2f} points")
+        cuts = dev["false_cuts"]
+        print("false cuts: " + "; ".join(f"{k} pause {v['split']}/{v['sentences']} ({v['rate_pct']} %)"
+                                         for k, v in cuts.items()))
+        live = dev.get("realtime")
+        if isinstance(live, dict) and live:
+            print(f"real time ({live['clips']} finished sentences): end of speech -> final "
+                  f"{live['end_of_turn_s']}; first interim after speech start {live['first_interim_s']}")
+    print(f"\nend-of-turn model CPU per call (ms): {r['turn_model_ms_per_call']}")
     print(f"words on 60 s of silence: {r['silence_60s_words']}; on the noise clip: {r['noise_clip_words']}")
-    live = r.get("realtime")
-    if isinstance(live, dict) and live:
-        print(f"real time ({live['clips']} clips): first interim after speech start {live['first_interim_s']}; "
-              f"end of speech -> final {live['end_of_speech_to_final_s']}")
     print(f"peak RSS: {r['peak_rss_mb']} MB")

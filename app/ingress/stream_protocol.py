@@ -192,10 +192,12 @@ def started(session_id: str) -> dict[str, Any]:
 
 
 def result(transcript: Transcript, *, words: bool) -> dict[str, Any]:
-    """A `transcription_result`; `timestamp` is the end of the utterance in stream seconds."""
+    """A `transcription_result`; `timestamp` is the end of the utterance in stream seconds,
+    `endOfTurn` whether this final also ends the caller's turn (always false on an interim)."""
     body: dict[str, Any] = {
         "transcript": transcript.text,
         "isFinal": transcript.is_final,
+        "endOfTurn": transcript.is_final and transcript.end_of_turn,
         "confidence": round(transcript.confidence, 3),
         "timestamp": round(transcript.end_s, 3),
         "start_s": round(transcript.start_s, 3),

@@ -13,6 +13,12 @@ time. A final is started speculatively when the speaker pauses (`SpeechPaused`),
 the time the silence confirms the end of the utterance its text is usually ready; if they go
 on talking the guess is withdrawn.
 
+With an end-of-turn model (the engine's `TurnBatcher`), each pause is also scored: the VAD
+waits for the verdict (`turn.end_after_s`, from the model's probability and, when it says
+"finished", how sure Whisper is that the speculative transcript ends a sentence), which says
+how much silence ends the utterance. So
+an utterance is the caller's whole turn, and a pause mid-sentence does not split it.
+
 `results()` yields, for each utterance `index` (0, 1, ... in stream order):
 - `SpeechEvent`s as soon as the VAD decides, never held back: STARTED once the utterance has
   `min_speech_ms` of speech (`at_s` is where its audio begins, the final's `start_s`), PAUSED
@@ -24,7 +30,8 @@ on talking the guess is withdrawn.
 - interim `Transcript`s of the utterance, between its STARTED and its ENDED;
 - its final `Transcript`, after its ENDED and after every earlier utterance's final. A final
   whose text is empty (noise heard as nothing) or whose recognition failed is not emitted, so
-  an ENDED may have no final.
+  an ENDED may have no final. Its `end_of_turn` is true unless `max_utterance_s` cut the
+  speech (the turn goes on in the next utterance).
 
 `results()` ends after `finish()` (every STARTED then has its ENDED), after `aclose()`, or
 if processing fails (`finish()` raises the error); the last two abandon the open utterance,
@@ -46,7 +53,8 @@ from app.pipeline.decode import decode
 from app.pipeline.errors import AudioFormatError, StreamClosedError
 from app.pipeline.recognize import Recognition, Recognizer
 from app.pipeline.resample import Resampler
-from app.pipeline.scheduling import AsrScheduler, Priority, VadBatcher
+from app.pipeline.scheduling import AsrScheduler, Priority, TurnBatcher, VadBatcher
+from app.pipeline.turn import end_after_s
 from app.pipeline.types import (
     AudioFormat,
     Encoding,
@@ -56,6 +64,7 @@ from app.pipeline.types import (
     Transcript,
 )
 from app.pipeline.vad import (
+    SAMPLE_RATE,
     SpeechPaused,
     SpeechResumed,
     SpeechStarted,
@@ -63,6 +72,7 @@ from app.pipeline.vad import (
     VadEvent,
     VADStream,
 )
+from app.settings import TurnSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +88,11 @@ class EngineStream:
 
     def __init__(self, audio: AudioFormat, *, vad: VADStream, vad_batcher: VadBatcher,
                  asr: AsrScheduler, recognizer: Recognizer, language: str | None,
-                 interim_interval_s: float, word_timestamps: bool, prompt: str | None = None) -> None:
+                 interim_interval_s: float, word_timestamps: bool, prompt: str | None = None,
+                 turns: TurnBatcher | None = None, turn_settings: TurnSettings | None = None) -> None:
         """`interim_interval_s` of 0 asks for no interims; `prompt` is the vocabulary given to
-        the recognizer as previous text."""
+        the recognizer as previous text. `turns` (with `turn_settings`): the end-of-turn model
+        that judges each pause; `vad` must then be a turn-mode stream."""
         self.format = audio
         self._vad = vad
         self._vad_batcher = vad_batcher
@@ -106,6 +118,9 @@ class EngineStream:
         self._interim_busy = False
         self._pending_finals = 0
         self._speculation: tuple[float, asyncio.Future[Recognition]] | None = None
+        self._turns = turns
+        self._turn_settings = turn_settings or TurnSettings()
+        self._verdict: asyncio.Task[float] | None = None
         self.received_bytes = 0
         self.dropped_frames = 0
         loop = asyncio.get_running_loop()
@@ -197,14 +212,24 @@ class EngineStream:
                     self._handle(self._vad.flush())
                     return
         finally:
+            if self._verdict is not None:
+                self._verdict.cancel()
             self._vad_batcher.detach(self._vad)
             self._has_room.set()
             self._finals_in_order.put_nowait(None)
 
     async def _segment(self, samples: np.ndarray) -> None:
         self._vad.append(samples)
-        while self._vad.ready:
-            await self._vad_batcher.step(self._vad)
+        while True:
+            if self._verdict is not None:
+                # The VAD stops at a scored pause until its verdict: live or from a file, the
+                # verdict applies to exactly the audio it judged.
+                verdict, self._verdict = self._verdict, None
+                self._vad.resolve_pause(await verdict)
+            elif self._vad.ready:
+                await self._vad_batcher.step(self._vad)
+            else:
+                return
             self._handle(self._vad.take_events())
 
     def _handle(self, events: list[VadEvent]) -> None:
@@ -214,6 +239,9 @@ class EngineStream:
                 self._announce(SpeechEventKind.STARTED, event.start_s)
             elif isinstance(event, SpeechPaused):
                 self._speculation = (event.end_s, self._submit(Priority.FINAL, event.audio))
+                if self._turns is not None:
+                    self._verdict = asyncio.get_running_loop().create_task(
+                        self._judge(self._turns, event.audio, self._speculation[1]), name="turn-verdict")
                 self._announce(SpeechEventKind.PAUSED, event.end_s)
             elif isinstance(event, SpeechResumed):
                 self._drop_speculation()
@@ -229,6 +257,28 @@ class EngineStream:
                 self._announce(SpeechEventKind.ENDED, event.end_s)
                 self._queue_final(self._index, event, future)
                 self._index += 1
+
+    async def _judge(self, turns: TurnBatcher, audio: np.ndarray,
+                     speculation: asyncio.Future[Recognition]) -> float:
+        """Seconds of silence that end the turn paused in `audio` (which runs `speech_pad_ms`
+        past the end of speech)."""
+        s = self._turn_settings
+        # The model hears only `probe_trim_ms` after the speech: with more trailing silence
+        # it calls mid-sentence pauses finished far more often.
+        extra = int((self._vad.settings.speech_pad_ms - s.probe_trim_ms) * SAMPLE_RATE / 1000)
+        try:
+            probability = await turns.score(audio[: len(audio) - extra])
+        except Exception:
+            log.exception("end-of-turn model failed; this pause waits unsure_silence_ms")
+            return s.unsure_silence_ms / 1000
+        sentence_end = None
+        if probability >= s.complete_threshold:
+            # Only a "finished" score needs Whisper's view; the final needs its words anyway.
+            await asyncio.wait([speculation])
+            if not speculation.cancelled() and speculation.exception() is None:
+                sentence_end = speculation.result().sentence_end
+        log.debug("pause judged: turn model %.3f, sentence end %s", probability, sentence_end)
+        return end_after_s(probability, sentence_end, s, self._vad.settings.min_silence_ms / 1000)
 
     def _announce(self, kind: SpeechEventKind, at_s: float) -> None:
         # Straight to the results: a speech event is never held behind a pending final.
@@ -249,7 +299,8 @@ class EngineStream:
             if done.exception() is not None:
                 log.error("recognition failed for utterance %d", index, exc_info=done.exception())
                 return None
-            return self._transcript(index, ended.start_s, ended.end_s, done.result(), final=True)
+            return self._transcript(index, ended.start_s, ended.end_s, done.result(), final=True,
+                                    end_of_turn=not ended.forced)
 
         out: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
 
@@ -288,13 +339,13 @@ class EngineStream:
         future.add_done_callback(deliver)
 
     def _transcript(self, index: int, start_s: float, end_s: float, result: Recognition,
-                    final: bool) -> Transcript:
+                    final: bool, end_of_turn: bool = False) -> Transcript:
         words = tuple(type(w)(w.text, round(start_s + w.start_s, 3), round(start_s + w.end_s, 3),
                               w.probability) for w in result.words)
         return Transcript(index=index, text=result.text, start_s=round(start_s, 3),
                           end_s=round(end_s, 3), is_final=final, confidence=round(result.confidence, 3),
                           language=result.language, words=words, emitted_at=time.monotonic(),
-                          compute_s=result.compute_s)
+                          compute_s=result.compute_s, end_of_turn=end_of_turn)
 
     async def _emit(self) -> None:
         """Publish finals in utterance order (recognition may finish out of order)."""

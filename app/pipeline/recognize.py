@@ -47,6 +47,10 @@ class Recognition:
     avg_logprob: float
     words: tuple[Word, ...]
     compute_s: float
+    # Whisper's probability that the transcript ends with a full stop, question or exclamation
+    # mark, at the step where it ended (its punctuation, or the end of text when it has none):
+    # how sure it is that a sentence ended. Asked for with `sentence_end=True`, else 0.
+    sentence_end: float = 0.0
 
 
 class Recognizer:
@@ -59,6 +63,7 @@ class Recognizer:
         silence = np.zeros(_WINDOW_S * SAMPLE_RATE, dtype=np.float32)
         self._silence_enc = self._encode_batch(silence[None])
         self._tokenizers: dict[str, Tokenizer] = {}
+        self._stop_tokens: dict[Tokenizer, list[int]] = {}
 
     @classmethod
     def load(cls, model_dir: Path, settings: AsrSettings) -> Recognizer:
@@ -89,12 +94,14 @@ class Recognizer:
         return self._tokenizers[language]
 
     def transcribe(self, audio: np.ndarray, language: str | None = None,
-                   word_timestamps: bool = False, prompt: str | None = None) -> Recognition:
+                   word_timestamps: bool = False, prompt: str | None = None,
+                   sentence_end: bool = False) -> Recognition:
         """Recognise one utterance (16 kHz float32, at most 30 s)."""
-        return self.transcribe_batch([audio], language, word_timestamps, prompt)[0]
+        return self.transcribe_batch([audio], language, word_timestamps, prompt, sentence_end)[0]
 
     def transcribe_batch(self, items: list[np.ndarray], language: str | None = None,
-                         word_timestamps: bool = False, prompt: str | None = None) -> list[Recognition]:
+                         word_timestamps: bool = False, prompt: str | None = None,
+                         sentence_end: bool = False) -> list[Recognition]:
         """Recognise several utterances in one pass of the model.
 
         One batch costs much less than its utterances one by one, which is what keeps the
@@ -122,6 +129,7 @@ class Recognizer:
             enc_view, prompts, beam_size=self._settings.beam_size,
             max_length=min(_MAX_TOKENS, int(12 + 8 * max(durations))) + len(prompts[0]) - 4, return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+            return_logits_vocab=sentence_end,
         )
         out = []
         for k, (result, tok, lang, duration) in enumerate(zip(results, toks, langs, durations, strict=True)):
@@ -141,6 +149,7 @@ class Recognizer:
                 text=text, confidence=float(np.clip(np.exp(avg_logprob), 0.0, 1.0)), language=lang,
                 no_speech_prob=no_speech, avg_logprob=avg_logprob, words=words,
                 compute_s=time.perf_counter() - began,
+                sentence_end=self._sentence_end(tok, tokens, result.logits[0]) if sentence_end and tokens else 0.0,
             ))
         return out
 
@@ -149,6 +158,17 @@ class Recognizer:
         if not prompt or not prompt.strip():
             return []
         return [tok.sot_prev, *tok.encode(" " + prompt.strip())[-_MAX_PROMPT_TOKENS:]]
+
+    def _sentence_end(self, tok: Tokenizer, tokens: list[int], logits: list[ctranslate2.StorageView]) -> float:
+        if tok not in self._stop_tokens:
+            self._stop_tokens[tok] = [tok.encode(mark)[0] for mark in (".", "?", "!")]
+        if not logits:
+            return 0.0
+        # The step that ended the text: its last punctuation mark, or the end-of-text token.
+        step = len(tokens) - 1 if not tok.decode(tokens[-1:]).strip().isalnum() else len(tokens)
+        scores = np.asarray(logits[min(step, len(logits) - 1)], dtype=np.float64).reshape(-1)
+        probs = np.exp(scores - scores.max())
+        return float(probs[self._stop_tokens[tok]].sum() / probs.sum())
 
     def _pick_languages(self, enc: ctranslate2.StorageView, language: str | None, count: int) -> list[str]:
         wanted = language or self._settings.language

@@ -1,7 +1,9 @@
-"""The two schedulers every stream of a `SpeechEngine` shares, so the machine does useful work.
+"""The schedulers every stream of a `SpeechEngine` shares, so the machine does useful work.
 
 - `VadBatcher`: streams with whole 32 ms chunks wait on one batcher, which runs all of them
   through Silero as one batch on the VAD thread (32 streams cost about what 4 do alone).
+- `TurnBatcher`: the end-of-turn model's questions (has this caller finished?) from all
+  streams, run as batches on one thread of their own.
 - `AsrScheduler`: a priority queue in front of `[asr] workers` threads. Finals go before
   interims (`Priority`), and jobs waiting together run as one batch (calls that stop talking
   at the same moment cost little more than one).
@@ -24,11 +26,13 @@ from enum import IntEnum
 import numpy as np
 
 from app.pipeline.recognize import Recognition, Recognizer
+from app.pipeline.turn import SmartTurn
 from app.pipeline.vad import SileroVAD, VADStream
 
 VAD_STEPS_PER_BATCH = 16  # chunks a stream may have classified per `VadBatcher.step`
 _VAD_GATHER_S = 0.01  # how long the VAD batcher waits for more streams to join a batch
 _MAX_BATCH = 4  # utterances recognised in one pass
+_MAX_TURN_BATCH = 8  # pauses scored in one pass of the end-of-turn model
 
 
 class Priority(IntEnum):
@@ -125,6 +129,68 @@ class VadBatcher:
             self._vad.infer(active)
 
 
+class TurnBatcher:
+    """Scores pauses with the end-of-turn model on one thread, those waiting together as one
+    batch (the model costs about the same per pause either way; one thread keeps it off the
+    cores Whisper uses, and the batch saves a queue hop per pause)."""
+
+    def __init__(self, model: SmartTurn) -> None:
+        self._model = model
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="turn")
+        self._waiting: list[tuple[np.ndarray, asyncio.Future[float]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the batcher on the running loop, unless it already runs there."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            return
+        self._waiting = []
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run(), name="turn-batcher")
+
+    async def score(self, audio: np.ndarray) -> float:
+        """The probability that the speaker of this turn (16 kHz audio up to just after the
+        end of speech) has finished. Raises what the model raised."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting.append((audio, future))
+        self._wake.set()
+        return await future
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def close(self) -> None:
+        """Stop the model's thread (blocking); after `aclose()`."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                batch = [item for item in self._waiting[:_MAX_TURN_BATCH] if not item[1].done()]
+                del self._waiting[:_MAX_TURN_BATCH]
+                if not batch:
+                    continue
+                try:
+                    probs = await loop.run_in_executor(self._pool, self._model.score, [a for a, _ in batch])
+                except Exception as exc:  # a broken batch fails its streams, not the batcher
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), prob in zip(batch, probs, strict=True):
+                    if not fut.done():
+                        fut.set_result(prob)
+
+
 @dataclass(order=True)
 class _Job:
     priority: Priority
@@ -158,7 +224,8 @@ class AsrScheduler:
     def submit(self, priority: Priority, audio: np.ndarray, recognizer: Recognizer,
                language: str | None, words: bool, prompt: str | None = None) -> asyncio.Future[Recognition]:
         """Queue one utterance (16 kHz) for recognition. Cancelling the future withdraws the
-        job if it has not started (a job that has started still runs, its result unused)."""
+        job if it has not started (a job that has started still runs, its result unused).
+        Finals come back with Whisper's `sentence_end` (the end-of-turn policy reads it)."""
         future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
         self._jobs.put_nowait(_Job(priority, next(self._seq), audio, recognizer, language, words, future, prompt))
         return future
@@ -185,7 +252,8 @@ class AsrScheduler:
             try:
                 results = await loop.run_in_executor(
                     self._pool, job.recognizer.transcribe_batch,
-                    [j.audio for j in batch], job.language, job.words, job.prompt)
+                    [j.audio for j in batch], job.language, job.words, job.prompt,
+                    job.priority is Priority.FINAL)
             except Exception as exc:
                 for j in batch:
                     if not j.future.done():

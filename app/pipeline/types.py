@@ -41,7 +41,8 @@ class Transcript:
     """A recognition result for one utterance.
 
     Interim results (`is_final=False`) cover the utterance so far and may change; the final
-    one is emitted once, when the VAD ends the utterance. Times are seconds of stream audio
+    one is emitted once, when the utterance ends: with an end-of-turn model, when the caller's
+    turn ends, not at every pause. Times are seconds of stream audio
     from the start of the stream.
     """
 
@@ -57,6 +58,9 @@ class Transcript:
     emitted_at: float = 0.0
     # Seconds of recognizer compute behind this result.
     compute_s: float = 0.0
+    # A final that also ends the caller's turn (Deepgram's speech_final): false only when
+    # `max_utterance_s` cut a long turn and it goes on in the next utterance.
+    end_of_turn: bool = False
 
 
 class SpeechEventKind(StrEnum):

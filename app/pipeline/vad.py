@@ -14,6 +14,13 @@ A `VADStream` turns speech probabilities into events:
   forces a cut at the quietest recent point (the speech goes on as a new utterance, with its
   own `SpeechStarted`).
 
+With an end-of-turn model (`VADStream(..., turn_silence_s=...)`) a pause does not end the
+utterance by itself: after `SpeechPaused` the stream waits for a verdict (`awaiting_verdict`,
+and `ready` is 0 until then, so the verdict applies to exactly the audio it judged, live or
+from a file), and `resolve_pause(end_after_s)` says how much silence ends this utterance
+(0: at once). Speech that resumes first continues the same utterance. Without a verdict
+(`flush`) the utterance ends as usual. So an utterance is a whole turn.
+
 Bursts shorter than `min_speech_ms` are discarded without any event, so every `SpeechStarted`
 is followed by exactly one `UtteranceEnded`, and the events of one utterance come in the order
 started, (paused, resumed)*, [paused], ended.
@@ -46,8 +53,8 @@ class SileroVAD:
 
         return cls(load_silero_vad(onnx=False)._model)
 
-    def stream(self, settings: VadSettings) -> VADStream:
-        return VADStream(settings)
+    def stream(self, settings: VadSettings, turn_silence_s: float | None = None) -> VADStream:
+        return VADStream(settings, turn_silence_s)
 
     def infer(self, streams: list[VADStream]) -> None:
         """Run each stream's next chunk as one batch and hand each its probability.
@@ -123,10 +130,17 @@ class _Timeline:
 
 
 class VADStream:
-    """Per-stream segmentation state. Feed 16 kHz samples with `append`; see module doc."""
+    """Per-stream segmentation state. Feed 16 kHz samples with `append`; see module doc.
 
-    def __init__(self, settings: VadSettings) -> None:
+    `turn_silence_s` (an end-of-turn model decides): the silence that ends an utterance while
+    no verdict says otherwise ([turn] max_silence_ms); None: `min_silence_ms` ends it."""
+
+    def __init__(self, settings: VadSettings, turn_silence_s: float | None = None) -> None:
         self.settings = settings
+        self._turns = turn_silence_s is not None
+        self._default_end = int((turn_silence_s or 0) * SAMPLE_RATE)
+        self._end_silence = self._default_end  # what ends the open pause (turn mode)
+        self._awaiting = False
         self._on = settings.threshold
         self._off = max(settings.threshold - 0.15, 0.01)
         self._pad = int(settings.speech_pad_ms * SAMPLE_RATE / 1000)
@@ -153,8 +167,27 @@ class VADStream:
 
     @property
     def ready(self) -> int:
-        """Number of whole chunks waiting to be classified."""
+        """Number of whole chunks waiting to be classified (0 while awaiting a verdict)."""
+        if self._awaiting:
+            return 0
         return (self._audio.end - self._pos) // CHUNK
+
+    @property
+    def awaiting_verdict(self) -> bool:
+        """A pause was announced and the end-of-turn verdict on it is due (`resolve_pause`)."""
+        return self._awaiting
+
+    def resolve_pause(self, end_after_s: float) -> None:
+        """The verdict on the pause last announced: the utterance ends once the silence has
+        lasted `end_after_s` (0: now), unless speech resumes first. Events: `take_events`.
+        A verdict that comes after the utterance ended anyway (a `max_utterance_s` cut in the
+        chunk that announced the pause) is ignored."""
+        if not self._awaiting:
+            return
+        self._awaiting = False
+        self._end_silence = int(end_after_s * SAMPLE_RATE)
+        if self._speaking and self._silence_start is not None and self._pos - self._silence_start >= self._end_silence:
+            self._end_utterance(self._silence_start, forced=False)
 
     @property
     def speaking(self) -> bool:
@@ -187,6 +220,7 @@ class VADStream:
 
     def flush(self) -> list[VadEvent]:
         """End of stream: close an open utterance (classifying what is left as silence)."""
+        self._awaiting = False
         if self._speaking:
             end = self._silence_start if self._silence_start is not None else self._audio.end
             self._end_utterance(end, forced=False)
@@ -215,11 +249,15 @@ class VADStream:
                     self._events.append(SpeechResumed(chunk_start / SAMPLE_RATE))
                 self._silence_start = None
                 self._paused_sent = False
+                self._end_silence = self._default_end
         elif prob < self._off:
             if self._silence_start is None:
                 self._silence_start = chunk_start
             quiet = chunk_end - self._silence_start
-            if quiet >= self._min_silence:
+            # An announced utterance under an end-of-turn model ends when its verdict says;
+            # a burst too short to be announced still ends at min_silence_ms.
+            ends_at = self._end_silence if self._turns and self._confirmed else self._min_silence
+            if quiet >= ends_at:
                 self._end_utterance(self._silence_start, forced=False)
                 return
             if not self._paused_sent and quiet >= self._pad and self._confirmed:
@@ -229,6 +267,7 @@ class VADStream:
                 self._events.append(
                     SpeechPaused(start / SAMPLE_RATE, end / SAMPLE_RATE, self._audio.slice(start, end))
                 )
+                self._awaiting = self._turns
         if chunk_end - self._start_index() >= self._max_len:
             self._force_cut()
 
@@ -251,6 +290,8 @@ class VADStream:
         self._confirmed = False
         self._silence_start = None
         self._paused_sent = False
+        self._awaiting = False
+        self._end_silence = self._default_end
         self._probs = []
 
     def _force_cut(self) -> None:

