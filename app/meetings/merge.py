@@ -7,7 +7,8 @@ final yet (known from the engine's speech-started events); it is released as soo
 utterance's final is out, or when that participant's stream ends. An utterance that turns out
 to have no final (noise heard as nothing) would hold the others forever, so nothing is held
 longer than `hold_s`: order is then given up for latency, and the late final goes out as it
-comes.
+comes. `hold_s` must outlast a turn's end: up to `[turn] max_silence_ms` (1.2 s) of silence
+after the last word, then the final's decoding (a few hundred ms, more under load).
 
 Not thread-safe; call it from the event loop.
 """
@@ -27,7 +28,7 @@ T = TypeVar("T")
 class TimeOrderMerger(Generic[T]):
     """Holds items (finals) until no participant can still produce an earlier one."""
 
-    def __init__(self, release: Callable[[T], None], hold_s: float = 2.0) -> None:
+    def __init__(self, release: Callable[[T], None], hold_s: float = 4.0) -> None:
         self._release = release
         self.hold_s = hold_s
         self._open: dict[str, dict[int, float]] = {}  # participant -> utterance index -> start (meeting s)
