@@ -177,7 +177,7 @@ async def test_bad_input_gets_error_codes_and_the_session_goes_on(running_app: S
         assert await error_for(b"\x00\x01" * 100) == "not_started"
         assert await error_for({"type": "audio_data", "audio": "AAAA"}) == "not_started"
         assert await error_for(STOP) == "not_started"
-        assert await error_for(start(encoding="WEBM_OPUS")) == "unsupported_encoding"
+        assert await error_for(start(encoding="OGG_OPUS")) == "unsupported_encoding"
         assert await error_for(start(encoding="FLAC9")) == "unsupported_encoding"
         assert await error_for(start(sampleRate=4000)) == "unsupported_sample_rate"
         assert await error_for(start(sampleRate="fast")) == "invalid_config"

@@ -70,6 +70,8 @@ class StreamConfig:
     dialplan: str | None = None
     words: bool = False
     vocabulary: str | None = None  # the recognizer's prompt (app.ingress.vocabulary)
+    # A container the audio comes in (`WEBM_OPUS`); `audio` is then what it is decoded to.
+    container: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,8 @@ class Stop:
 Message = Start | Audio | Stop
 
 _ENCODINGS = {e.value: e for e in Encoding}
-_NOT_YET = {"WEBM_OPUS", "OGG_OPUS", "OPUS", "FLAC", "MP3"}
+_CONTAINERS = {"WEBM_OPUS"}  # decoded by app.ingress.stream_container to 16 kHz LINEAR16
+_NOT_YET = {"OGG_OPUS", "OPUS", "FLAC", "MP3"}
 _BOOLEANS = {"interimResults": "interim_results", "singleUtterance": "single_utterance",
              "words": "words", "enableWordTimeOffsets": "words"}
 _STRINGS = {"language": "language", "model": "model", "dialplan": "dialplan"}
@@ -143,6 +146,10 @@ def parse_config(raw: Any) -> StreamConfig:
             options["vocabulary"] = parse_vocabulary(raw["vocabulary"], "config.vocabulary")
         except ValueError as exc:
             raise ProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+    encoding = raw.get("encoding")
+    if isinstance(encoding, str) and encoding.upper() in _CONTAINERS:
+        # The container says its own rate; the decoder hands the call 16 kHz PCM.
+        return StreamConfig(container=encoding.upper(), **options)
     return StreamConfig(audio=_audio_format(raw), **options)
 
 
@@ -152,7 +159,7 @@ def _audio_format(raw: Mapping[str, Any]) -> AudioFormat:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, "config.encoding: expected a string")
     encoding = _ENCODINGS.get(name.upper())
     if encoding is None:
-        known = ", ".join(_ENCODINGS)
+        known = ", ".join([*_ENCODINGS, *sorted(_CONTAINERS)])
         why = "is not supported yet" if name.upper() in _NOT_YET else "is unknown"
         raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING,
                             f"config.encoding: {name[:64]!r} {why} (supported: {known})")
