@@ -39,6 +39,7 @@ from app.ingress.stream_protocol import ErrorCode, ProtocolError
 from app.keys import CALL_HUB, METRICS, SETTINGS
 from app.logs import bind_call
 from app.pipeline.errors import AudioFormatError, StreamClosedError
+from app.pipeline.quality import QualityReport, QualityWarning
 from app.pipeline.types import Transcript
 
 log = logging.getLogger("hearsay.stream")
@@ -221,6 +222,7 @@ class StreamSession:
             self._container = ContainerFeed(call.feed, limit, self.id, self._container_failed)
         # The call can end without us (the hub closing it): then the session ends too.
         call.listen(self._on_transcript, lambda: self.request_end(call.end_reason or EndReason.SHUTDOWN))
+        call.on_quality(self._on_quality)
         self._queue(proto.started(self.id), droppable=False)
         log.info("stream session started: %s %d Hz, dialplan %s", config.container or config.audio.encoding.value,
                  audio.sample_rate, plan.name if plan else "-")
@@ -275,6 +277,12 @@ class StreamSession:
                 self.request_end(EndReason.SINGLE_UTTERANCE)
         elif self._config.interim_results:
             self._queue(proto.result(transcript, words=self._config.words), droppable=True)
+
+    def _on_quality(self, report: QualityReport, warnings: list[QualityWarning]) -> None:
+        # Figures come every second and the next one supersedes them; warnings are not dropped.
+        self._queue(proto.quality(report), droppable=True)
+        for warning in warnings:
+            self._queue(proto.quality_warning(warning), droppable=False)
 
     async def _finish(self, reason: EndReason, code: ErrorCode | None, message: str) -> None:
         if code is not None:

@@ -6,9 +6,10 @@ Client -> server (JSON text frames; audio may also come as binary frames):
     {"type": "audio_data", "audio": "<base64>"}
     {"type": "stop_transcription"}
 
-Server -> client: `transcription_started`, `transcription_result`, `transcription_complete`,
-`error` (see the builders below). Everything a client sends is validated here and rejected
-with a `ProtocolError` whose `code` is one of `ErrorCode`; nothing here touches the socket.
+Server -> client: `transcription_started`, `transcription_result`, `quality`,
+`quality_warning`, `transcription_complete`, `error` (see the builders below). Everything a
+client sends is validated here and rejected with a `ProtocolError` whose `code` is one of
+`ErrorCode`; nothing here touches the socket.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from app.ingress.vocabulary import parse_vocabulary
 from app.pipeline import MAX_RATE, MIN_RATE
+from app.pipeline.quality import QualityReport, QualityWarning
 from app.pipeline.types import AudioFormat, Encoding, Transcript
 
 
@@ -223,6 +225,16 @@ def complete(utterances: Sequence[Transcript], duration_s: float) -> dict[str, A
     text = " ".join(t.text for t in utterances if t.text)
     return {"type": "transcription_complete",
             "result": {"text": text, "segments": segments, "duration": round(duration_s, 3)}}
+
+
+def quality(report: QualityReport) -> dict[str, Any]:
+    """`quality`: the audio-quality figures over the recent audio (docs/quality.md)."""
+    return {"type": "quality", "quality": report.as_dict()}
+
+
+def quality_warning(warning: QualityWarning) -> dict[str, Any]:
+    """`quality_warning`: one figure past its threshold, e.g. `{"kind": "low_volume", ...}`."""
+    return {"type": "quality_warning", "warning": warning.as_dict()}
 
 
 def error(code: ErrorCode, message: str) -> dict[str, Any]:
