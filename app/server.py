@@ -39,7 +39,7 @@ from app.delivery.events import WebhookEvent
 from app.delivery.outbox import Outbox
 from app.delivery.worker import Deliverer, DeliveryResult
 from app.dialplans import DialplanError, Dialplans
-from app.ingress import meetings, progressive, stream_api, twilio
+from app.ingress import meetings, page, progressive, stream_api, twilio
 from app.keys import (
     CALL_HUB,
     DELIVERER,
@@ -72,6 +72,7 @@ INGRESS: tuple[Callable[[web.Application], None], ...] = (
     sip_agent.setup,  # the SIP workers
     progressive.setup,  # /v1/progressive: long files in chunks
     meetings.setup,  # GET /v1/meetings: one recognizer per participant
+    page.setup,  # GET /: the live-caption page (microphone -> /v1/stream)
 )
 
 # How long shutdown waits for the Deliverer to send what is due before leaving it in the outbox.
