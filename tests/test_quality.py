@@ -17,7 +17,9 @@ import aiohttp
 import numpy as np
 import pytest
 import speech
-from service_helpers import StartApp, make_settings, next_message, receive_all, send_audio
+from service_helpers import SECRET, StartApp, make_settings, next_message, receive_all, send_audio, write_dialplan
+
+from app.bench.consumer import WebhookConsumer
 
 CLEAN = "ljspeech-LJ001-0001"
 # The whole session in one window, so the last report covers all of the clip.
@@ -119,3 +121,36 @@ async def test_a_clipped_clip_is_clipping(running_app: StartApp, tmp_path: Path)
     found = warnings(messages)
     assert "clipping" in found and "low_volume" not in found
     assert figures["clipping_ratio"] > 0.01
+
+
+async def test_warnings_reach_webhooks_that_opt_in_and_figures_ride_on_call_ended(
+        running_app: StartApp, tmp_path: Path, consumer: WebhookConsumer) -> None:
+    plans = tmp_path / "dialplans"
+    write_dialplan(plans, "plain", consumer.url)
+    (plans / "told.toml").write_text(f'name = "told"\n[webhook]\nurl = "{consumer.url}"\n'
+                                     f'secret = "{SECRET}"\nquality_warnings = true\n')
+    server = await running_app(make_settings(tmp_path))
+    clip = speech.load(CLEAN).astype(np.float64)
+    quiet = pcm(clip * np.sqrt(10 ** (-45 / 10) / power(clip)))
+    sessions: dict[str, str] = {}
+    async with aiohttp.ClientSession() as http:
+        for plan in ("plain", "told"):
+            async with http.ws_connect(server.url("/v1/stream")) as ws:
+                await ws.send_json({"type": "start_transcription", "config": {"dialplan": plan}})
+                sessions[plan] = (await next_message(ws))["sessionId"]
+                await send_audio(ws, quiet)
+                # a live call's figures are gauges in /metrics ...
+                async with http.get(server.url("/metrics")) as response:
+                    live = await response.text()
+                assert f'hearsay_call_quality{{call_id="{sessions[plan]}",figure="level_dbfs",source="stream"}}' in live
+                await ws.send_json({"type": "stop_transcription"})
+                await receive_all(ws)
+            ended = await consumer.wait(sessions[plan])
+            assert ended["quality"]["level_dbfs"] == pytest.approx(-45, abs=3)
+        async with http.get(server.url("/metrics")) as response:
+            assert "hearsay_call_quality{" not in await response.text()  # ... until it ends
+
+    assert consumer.of_type("quality.warning", sessions["plain"]) == []
+    told = consumer.of_type("quality.warning", sessions["told"])
+    assert [e["warning"]["kind"] for e in told] == ["low_volume"]
+    assert told[0]["warning"]["threshold"] == -40.0 and told[0]["quality"]["level_dbfs"] < -40

@@ -53,6 +53,9 @@ TranscriptListener = Callable[[Transcript], None]
 SpeechListener = Callable[[SpeechEvent], None]
 EndListener = Callable[[], None]
 QualityListener = Callable[[QualityReport, list[QualityWarning]], None]
+# The quality figures a live call has as gauges in /metrics.
+_GAUGED = ("level_dbfs", "noise_floor_dbfs", "snr_db", "clipping_ratio", "speech_ratio", "speech_rate_wpm",
+           "confidence", "latency_s")
 
 
 class Call:
@@ -238,6 +241,7 @@ class Call:
             self._metrics.active_sessions.labels(source).dec()
             self._metrics.audio_seconds.labels(source).inc(self.duration_s)
             self._metrics.dropped_frames.labels(source).inc(self.dropped_frames)
+            self._gauge_quality(None)
             log.info("call ended (%s): %d utterances, %.1f s of audio", reason.value,
                      len(self._utterances), self.duration_s)
             self._ended.set()
@@ -312,12 +316,26 @@ class Call:
         report = self.quality.report()
         warnings = self.quality.warnings(report, self.duration_s)
         self.last_quality = report
+        self._gauge_quality(report)
         for warning in warnings:
+            self._metrics.quality_warnings.labels(self.info.source.value, warning.kind.value).inc()
             log.info("quality warning %s: %.3g (threshold %.3g)", warning.kind.value, warning.value,
                      warning.threshold)
             self.events.quality_warning(warning, report)
         for listener in list(self._quality_listeners):
             self._safely(listener, report, warnings)
+
+    def _gauge_quality(self, report: QualityReport | None) -> None:
+        """The call's figures as `hearsay_call_quality` series; None: remove them (the end)."""
+        gauge, source = self._metrics.call_quality, self.info.source.value
+        figures = report.as_dict() if report is not None else {}
+        for figure in _GAUGED:
+            value = figures.get(figure)
+            if value is None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.id, source, figure)
+            else:
+                gauge.labels(self.id, source, figure).set(value)
 
     def _quality_figures(self) -> dict[str, Any]:
         """What `call.ended` carries as `quality`: the last report, plus what the media adds
