@@ -20,6 +20,8 @@ import speech
 from service_helpers import SECRET, StartApp, make_settings, next_message, receive_all, send_audio, write_dialplan
 
 from app.bench.consumer import WebhookConsumer
+from app.pipeline.quality import QualityMonitor, QualityThresholds
+from app.pipeline.types import SpeechEvent, SpeechEventKind
 
 CLEAN = "ljspeech-LJ001-0001"
 # The whole session in one window, so the last report covers all of the clip.
@@ -154,3 +156,37 @@ async def test_warnings_reach_webhooks_that_opt_in_and_figures_ride_on_call_ende
     told = consumer.of_type("quality.warning", sessions["told"])
     assert [e["warning"]["kind"] for e in told] == ["low_volume"]
     assert told[0]["warning"]["threshold"] == -40.0 and told[0]["quality"]["level_dbfs"] < -40
+
+
+def tone(seconds: float, dbfs: float) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (np.sqrt(2 * 10 ** (dbfs / 10)) * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def test_speech_the_vad_has_not_announced_yet_is_not_counted_as_noise() -> None:
+    # Live, the VAD announces speech a few hundred ms after it starts: until then the meter's
+    # noise floor must not jump to the speech level. (A tone stands in for speech here: the
+    # monitor takes the VAD's word for what is speech.)
+    monitor = QualityMonitor(16000)
+    monitor.audio(tone(3.0, -50))
+    monitor.audio(tone(0.4, -20))  # speech, not yet announced
+    before = monitor.report()
+    assert before.noise_floor_dbfs == pytest.approx(-50, abs=0.1)
+    monitor.speech(SpeechEvent(SpeechEventKind.STARTED, 0, 3.0))
+    monitor.audio(tone(2.0, -20))
+    monitor.speech(SpeechEvent(SpeechEventKind.ENDED, 0, 5.4))
+    monitor.end()
+    after = monitor.report()
+    assert after.level_dbfs == pytest.approx(-20, abs=0.1)
+    assert after.noise_floor_dbfs == pytest.approx(-50, abs=0.1)
+    assert after.snr_db == pytest.approx(30, abs=0.1)
+
+
+def test_a_warning_is_not_repeated_within_its_interval() -> None:
+    monitor = QualityMonitor(16000, QualityThresholds(warning_interval_s=10.0))
+    monitor.speech(SpeechEvent(SpeechEventKind.STARTED, 0, 0.0))
+    given = []
+    for second in range(25):
+        monitor.audio(tone(1.0, -50))  # someone speaking far too quietly, for 25 s
+        given += [(second, w.kind.value) for w in monitor.warnings(monitor.report(), second + 1.0)]
+    assert given == [(1, "low_volume"), (11, "low_volume"), (21, "low_volume")]

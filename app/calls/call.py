@@ -234,6 +234,7 @@ class Call:
                     with contextlib.suppress(Exception):
                         await stream.aclose()
             await asyncio.gather(*self._consumers, return_exceptions=True)
+            self.quality.end()
             self._report()
             self.events.ended(self._utterances, self.duration_s, reason.value, self._quality_figures())
             await self.events.close()

@@ -5,13 +5,15 @@
     monitor.speech(event)           # the VAD's speech events (where the speech is)
     monitor.transcript(result)      # finals: speech rate and confidence
     monitor.latency(seconds)        # end of speech -> its final, as the call measured it
+    monitor.end()                   # no more audio: the VAD has judged all of it
     report = monitor.report()       # the figures over the last `window_s` of audio
     for warning in monitor.warnings(report, now_s): ...
 
 Audio is cut into 20 ms frames; for each the mean power and the number of clipped samples
 are kept for `window_s`. The VAD says which frames are speech: the input level is the mean
 power of the speech frames (of the loudest tenth of the frames when there is no speech), the
-noise floor the mean power of the rest, and the SNR `(speech - noise) / noise` from those
+noise floor the mean power of the rest (less the newest second, which the VAD may not have
+judged yet), and the SNR `(speech - noise) / noise` from those
 two means (speech frames hold speech plus noise). Means, not percentiles, so that a noise
 that comes and goes (dishes) counts with its real power. The VAD's speech includes its
 pre-roll and padding (about half a second an utterance), which pulls the SNR down a little
@@ -36,6 +38,9 @@ from app.pipeline.types import SpeechEvent, SpeechEventKind, Transcript
 FRAME_S = 0.02
 CLIP_LEVEL = 0.999  # a sample this close to full scale counts as clipped
 _FLOOR_DB = -100.0  # what digital silence reads as
+# The newest audio the VAD may not have judged yet (it announces speech after `min_speech_ms`,
+# and may be behind): outside speech it counts as neither speech nor noise until the end.
+UNDECIDED_S = 1.0
 _RATE_UTTERANCES = 5  # speech rate: over the last finals
 _MIN_RATE_S = 2.0  # ... once they hold this much speech (a short "yes" says nothing about rate)
 
@@ -114,6 +119,7 @@ class QualityMonitor:
         self._finals: deque[Transcript] = deque(maxlen=_RATE_UTTERANCES)
         self._latency: float | None = None
         self._warned: dict[WarningKind, float] = {}
+        self._ended = False
 
     # -- input ------------------------------------------------------------------------------
 
@@ -144,6 +150,9 @@ class QualityMonitor:
     def latency(self, seconds: float) -> None:
         self._latency = seconds
 
+    def end(self) -> None:
+        self._ended = True
+
     # -- output -----------------------------------------------------------------------------
 
     def report(self) -> QualityReport:
@@ -153,7 +162,7 @@ class QualityMonitor:
             return QualityReport(0.0, _FLOOR_DB, None, None, 0.0, 0.0, self._rate(), self._confidence(),
                                  self._latency)
         is_speech = self._speech_mask(n)
-        speech, noise = power[is_speech], power[~is_speech]
+        speech, noise = power[is_speech], power[~is_speech & ~self._undecided(n)]
         loudest = np.sort(power)[-max(1, n // 10):]
         level = float(np.mean(speech if len(speech) else loudest))
         floor = float(np.mean(noise)) if len(noise) else None
@@ -203,6 +212,12 @@ class QualityMonitor:
         for start, end in self._speech:
             mask |= (centres >= start) & (centres < end)
         return mask
+
+    def _undecided(self, n: int) -> np.ndarray:
+        undecided = np.zeros(n, bool)
+        if not self._ended:
+            undecided[max(0, n - round(UNDECIDED_S / FRAME_S)):] = True
+        return undecided
 
     def _rate(self) -> float | None:
         seconds = sum(t.end_s - t.start_s for t in self._finals)
