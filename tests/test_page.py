@@ -10,8 +10,11 @@ are on the page within about 12 s here (timeouts below are generous: 90 s).
 from __future__ import annotations
 
 import shutil
+import wave
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import speech
 from service_helpers import StartApp, make_settings, reference, wer
@@ -23,16 +26,20 @@ WORDS = len(reference(CLIP).split())
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it)")
 
 
+def launch(pw: Any, microphone: Path) -> Any:
+    return pw.chromium.launch(executable_path=CHROMIUM, args=[
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}",
+        "--no-sandbox",  # CI containers run as root
+    ])
+
+
 async def test_start_shows_captions_and_quality(running_app: StartApp, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
     server = await running_app(make_settings(tmp_path))
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={speech.clip_path(CLIP)}",
-            "--no-sandbox",  # CI containers run as root
-        ])
+        browser = await launch(pw, speech.clip_path(CLIP))
         try:
             page = await browser.new_page()
             problems: list[str] = []
@@ -63,3 +70,32 @@ async def test_start_shows_captions_and_quality(running_app: StartApp, tmp_path:
     # Through the browser's echo cancelling, noise suppression and Opus, and cut into
     # utterances where the browser's timing puts the pauses: 0 wrong here, 4 allowed.
     assert wer(reference(CLIP), heard) <= 4 / 27, captions
+
+
+async def test_a_quiet_microphone_shows_a_warning(running_app: StartApp, tmp_path: Path) -> None:
+    # The page turns the browser's automatic gain control off: with it on, chromium lifted
+    # this -50 dBFS microphone to -24 dBFS and nobody was told. Measured here: -50 dBFS.
+    from playwright.async_api import async_playwright
+
+    clip = speech.load(CLIP).astype(np.float64)
+    quiet = clip * np.sqrt(10 ** (-50 / 10) / np.mean(np.square(clip)))  # -50 dBFS
+    microphone = tmp_path / "quiet.wav"
+    with wave.open(str(microphone), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(np.round(quiet * 32768).astype("<i2").tobytes())
+    server = await running_app(make_settings(tmp_path))
+    async with async_playwright() as pw:
+        browser = await launch(pw, microphone)
+        try:
+            page = await browser.new_page()
+            await page.goto(server.url("/"))
+            await page.get_by_role("button", name="Start captions").click()
+            warning = page.locator("#warnings li[data-kind=low_volume]")
+            await warning.first.wait_for(timeout=60_000)
+            text = await warning.first.text_content()
+            await page.get_by_role("button", name="Stop captions").click()
+        finally:
+            await browser.close()
+    assert text and "dBFS" in text

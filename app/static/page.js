@@ -38,7 +38,9 @@ async function start() {
   $("warnings").replaceChildren();
   try {
     microphone = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+      // Automatic gain control off: it would lift a quiet microphone and hide it from the
+      // quality meter, whose point is to tell the speaker when their audio is the problem.
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: false },
     });
   } catch (err) {
     showError(`The microphone is not available: ${err.message}`);
