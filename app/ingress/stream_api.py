@@ -157,6 +157,8 @@ class StreamSession:
                 await sender
             if self._call is not None:
                 await self._call.end(EndReason.DISCONNECTED)
+            if self._container is not None:
+                await self._container.aclose()  # no decoder thread outlives its session
             if not self._ws.closed:
                 await self._ws.close()
 
