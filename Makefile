@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # nodejs runs the Node.js signature-check snippet of docs/webhooks.md, espeak-ng is the
 # "espeak" talk-back voice; `make run` works without it, docs/voices.md; kamailio fronts the
 # SIP workers when `[sip] max_calls` is above 4, docs/sip.md).
-TEST_DEBS := sip-tester sipvicious sox nodejs espeak-ng kamailio
+TEST_DEBS := sip-tester sipvicious sox nodejs espeak-ng kamailio chromium
 
 # The end-of-turn model, Smart Turn v3.2 (BSD-2-Clause, by Daily), ships inside the pipecat-ai
 # wheel. Only the model file and its licence are taken out of it, into the venv (pipecat and its

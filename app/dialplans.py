@@ -9,6 +9,7 @@ A dialplan file looks like this (the keys users rely on are listed in docs/archi
     [webhook]
     url = "https://bot.example.com/hearsay"   # empty: events are logged and kept in the outbox
     secret = "whsec_..."                      # HMAC key for Hearsay-Signature
+    quality_warnings = false                  # also POST quality.warning events (docs/quality.md)
     [recognition]
     language = "en"
     model = "mini"
@@ -61,6 +62,7 @@ class Dialplan:
     language: str = "en"
     model: str = "mini"
     interim_results: bool = False
+    quality_warnings: bool = False
     transcribe_agent: bool = False
     greeting: str = ""
     greeting_play: str = ""
@@ -141,7 +143,7 @@ class Dialplans:
 
 _TABLES: dict[str, frozenset[str]] = {
     "match": frozenset(MATCH_KEYS),
-    "webhook": frozenset({"url", "secret"}),
+    "webhook": frozenset({"url", "secret", "quality_warnings"}),
     "recognition": frozenset({"language", "model", "interim_results", "agent_track"}),
     "talkback": frozenset({"greeting", "greeting_play", "voice"}),
 }
@@ -190,6 +192,7 @@ def parse(raw: Mapping[str, Any], path: Path, *, language: str = "en", model: st
         match=_match(match, path),
         webhook_url=url,
         webhook_secret=_string(webhook, "secret", "", path, "webhook"),
+        quality_warnings=_bool(webhook, "quality_warnings", path, "webhook"),
         language=_string(recognition, "language", language, path, "recognition"),
         model=_string(recognition, "model", model, path, "recognition"),
         interim_results=_bool(recognition, "interim_results", path),
@@ -229,8 +232,8 @@ def _string(table: Mapping[str, Any], key: str, default: str, path: Path, sectio
     return value.strip()
 
 
-def _bool(table: Mapping[str, Any], key: str, path: Path) -> bool:
+def _bool(table: Mapping[str, Any], key: str, path: Path, where: str = "recognition") -> bool:
     value = table.get(key, False)
     if not isinstance(value, bool):
-        raise DialplanError(f"{path}: recognition.{key}: expected true or false, got {value!r}")
+        raise DialplanError(f"{path}: {where}.{key}: expected true or false, got {value!r}")
     return value

@@ -65,6 +65,13 @@ class Metrics:
         self.stream_errors = Counter(
             "hearsay_stream_errors", "Error messages sent to /v1/stream clients", ["code"], registry=r)
 
+        # One series per live call and figure (removed when the call ends): app.pipeline.quality.
+        self.call_quality = Gauge(
+            "hearsay_call_quality", "A live call's audio-quality figures (docs/quality.md)",
+            ["call_id", "source", "figure"], registry=r)
+        self.quality_warnings = Counter(
+            "hearsay_quality_warnings", "Audio-quality warnings given", ["source", "kind"], registry=r)
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

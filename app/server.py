@@ -25,6 +25,7 @@ The shared state's keys are in `app.keys`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +39,7 @@ from app.delivery.events import WebhookEvent
 from app.delivery.outbox import Outbox
 from app.delivery.worker import Deliverer, DeliveryResult
 from app.dialplans import DialplanError, Dialplans
-from app.ingress import meetings, progressive, stream_api, twilio
+from app.ingress import meetings, page, progressive, stream_api, twilio
 from app.keys import (
     CALL_HUB,
     DELIVERER,
@@ -52,6 +53,7 @@ from app.keys import (
     TALKBACK,
 )
 from app.metrics import CONTENT_TYPE, Metrics
+from app.pipeline.quality import QualityThresholds
 from app.settings import Settings
 from app.talkback import service as talkback
 from sip import agent as sip_agent
@@ -70,6 +72,7 @@ INGRESS: tuple[Callable[[web.Application], None], ...] = (
     sip_agent.setup,  # the SIP workers
     progressive.setup,  # /v1/progressive: long files in chunks
     meetings.setup,  # GET /v1/meetings: one recognizer per participant
+    page.setup,  # GET /: the live-caption page (microphone -> /v1/stream)
 )
 
 # How long shutdown waits for the Deliverer to send what is due before leaving it in the outbox.
@@ -165,7 +168,8 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("dialplans loaded from %s: %s", settings.dialplans.dir,
              ", ".join(p.name for p in plans) or "(none)")
     hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS],
-                  echo_margin_db=settings.talkback.echo_margin_db, max_live_calls=settings.asr.max_live_calls)
+                  echo_margin_db=settings.talkback.echo_margin_db, max_live_calls=settings.asr.max_live_calls,
+                  quality=QualityThresholds(**dataclasses.asdict(settings.quality)))
     app[CALL_HUB] = hub
     yield
     await hub.close()

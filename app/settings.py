@@ -117,6 +117,20 @@ class StreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class QualitySettings:
+    """Audio-quality warnings (app.pipeline.quality.QualityThresholds takes these fields)."""
+
+    low_volume_dbfs: float = -40.0
+    high_noise_snr_db: float = 10.0
+    clipping_ratio: float = 0.01
+    low_confidence: float = 0.5
+    fast_speech_wpm: float = 220.0
+    warning_interval_s: float = 10.0
+    window_s: float = 10.0
+    min_audio_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProgressiveSettings:
     max_sessions: int = 8
     max_file_bytes: int = 1_073_741_824
@@ -185,6 +199,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     progressive: ProgressiveSettings = field(default_factory=ProgressiveSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     sip: SipSettings = field(default_factory=SipSettings)
@@ -200,6 +215,7 @@ _POSITIVE = {
     "http.port", "asr.cpu_threads", "asr.workers", "asr.beam_size", "sip.port",
     "sip.max_calls", "stream.max_message_bytes", "stream.max_sessions", "webhooks.max_attempts",
     "progressive.max_sessions", "progressive.max_file_bytes", "progressive.keep_s",
+    "quality.warning_interval_s", "quality.window_s",
 }
 
 

@@ -88,6 +88,9 @@ class LiveCall(Protocol):
 
     async def end(self, reason: EndReason = ...) -> None: ...
 
+    # What only the transport knows (RTP loss and jitter), for `call.ended.quality`.
+    media_quality: dict[str, Any]
+
 
 class DialplanLookup(Protocol):
     def match(self, source: str, key: str) -> Dialplan | None: ...
@@ -199,6 +202,8 @@ class SipAgent:
             return
         elif kind == "dtmf":
             bridge.dtmf(str(event["digit"]))
+        elif kind == "rtp_stats":
+            bridge.rtp_stats({k: v for k, v in event.items() if k.startswith("rtp_") and isinstance(v, int | float)})
         elif kind == "ended":
             link.calls.pop(message.call, None)
             bridge.ended(EndReason(event["reason"]))
@@ -293,6 +298,11 @@ class _Bridge:
             self._call.dtmf(digit)
         except ValueError:
             log.warning("SIP call %s: ignoring DTMF %r", self._offer.call_id, digit)
+
+    def rtp_stats(self, stats: dict[str, float]) -> None:
+        """RTP loss and jitter, just before the end: they ride on `call.ended.quality`."""
+        if self._call is not None:
+            self._call.media_quality.update(stats)
 
     def ended(self, reason: EndReason) -> None:
         if self._end_reason is not None:

@@ -42,6 +42,10 @@ class CallEvents(Protocol):
 
     def ended(self, reason: EndReason) -> None: ...
 
+    def rtp_stats(self, stats: dict[str, float]) -> None:
+        """The call's RTP receive statistics (`rtp_stats()` below), once, just before `ended`."""
+        ...
+
     def next_frame(self) -> bytes | None:
         """The next 20 ms frame to play into the call (FRAME_BYTES of s16le), or None."""
         ...
@@ -174,6 +178,7 @@ class SipCall(pj.Call):
         self._audio_index = -1
         self._held = False
         self._rx_packets = -1
+        self._stats: dict[str, float] | None = None  # the last RTP statistics taken
         self._rx_changed_at = time.monotonic()
         self._on_transfer: TransferReport | None = None
         self._refer_when_confirmed: str | None = None
@@ -205,6 +210,7 @@ class SipCall(pj.Call):
         if code:
             prm.statusCode = code
         try:
+            self.rtp_stats()  # the last figures, while the stream is there
             self.hangup(prm)
         except pj.Error as exc:
             log.debug("hangup of %s: %s", self.offer.call_id, exc.info())
@@ -238,7 +244,36 @@ class SipCall(pj.Call):
             self._rx_changed_at = now
         return now - self._rx_changed_at
 
+    def rtp_stats(self) -> dict[str, float] | None:
+        """What pjmedia measured of the RTP it received: packets, lost packets (sequence
+        gaps), the loss ratio and the interarrival jitter (RFC 3550, mean and max, ms). Taken
+        when either side sends BYE (the stream is gone by the time the call is disconnected);
+        the last figures taken once the call is over, None if there never was a stream."""
+        if self._audio_index >= 0 and not self.gone:
+            try:
+                rx = self.getStreamStat(self._audio_index).rtcp.rxStat
+            except pj.Error:
+                return self._stats
+            lost = max(0, int(rx.loss))
+            expected = int(rx.pkt) + lost
+            self._stats = {
+                "rtp_packets": int(rx.pkt), "rtp_lost": lost,
+                "rtp_loss_ratio": round(lost / expected, 5) if expected else 0.0,
+                "rtp_jitter_ms": round(rx.jitterUsec.mean / 1000, 2) if rx.jitterUsec.n else 0.0,
+                "rtp_jitter_max_ms": round(rx.jitterUsec.max / 1000, 2) if rx.jitterUsec.n else 0.0,
+            }
+        return self._stats
+
     # -- pjsua2 callbacks (SIP thread) ------------------------------------------------------
+
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
+        # A BYE from the caller: the stream is still there (it is gone by DISCONNECTED).
+        try:
+            tsx = prm.e.body.tsxState.tsx
+            if tsx.method == "BYE" and tsx.role == pj.PJSIP_ROLE_UAS:
+                self.rtp_stats()
+        except Exception:
+            log.exception("reading the RTP statistics failed")
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         try:
@@ -256,6 +291,8 @@ class SipCall(pj.Call):
                          info.lastStatusCode, info.lastReason)
                 self._transfer_over(0, "the call ended before the transfer completed")
                 if self.events is not None:
+                    if self._stats is not None:  # taken at the BYE (the stream is gone by now)
+                        self.events.rtp_stats(self._stats)
                     self.events.ended(reason)
                 self._on_gone(self)
         except Exception:

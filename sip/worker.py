@@ -203,6 +203,9 @@ class _WorkerCall:
     def ended(self, reason: EndReason) -> None:
         self._post(self._ended, reason)
 
+    def rtp_stats(self, stats: dict[str, float]) -> None:
+        self._post(self._send, {"type": "rtp_stats", **stats})
+
     def next_frame(self) -> bytes | None:
         return self.frames.take()
 

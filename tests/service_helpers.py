@@ -135,3 +135,21 @@ async def transcribe_mulaw(engine: Any, mulaw: bytes) -> str:
         await stream.feed(mulaw[i:i + 1600])
     await stream.finish()
     return " ".join([r.text async for r in stream.results() if isinstance(r, Transcript) and r.is_final])
+
+
+def webm_opus(pcm16k: bytes) -> bytes:
+    """16 kHz PCM as a browser's MediaRecorder sends it: Opus at 48 kHz in a WebM container."""
+    import io
+
+    import av
+
+    samples = np.frombuffer(pcm16k, "<i2").reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    frame.rate = 16000
+    out = io.BytesIO()
+    with av.open(out, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="mono")
+        for resampled in av.AudioResampler(format="s16", layout="mono", rate=48000).resample(frame):
+            container.mux(stream.encode(resampled))
+        container.mux(stream.encode(None))
+    return out.getvalue()

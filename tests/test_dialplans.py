@@ -114,6 +114,7 @@ def test_missing_name_uses_file_name_and_missing_settings_use_defaults(tmp_path:
         ('[match]\ntwilio_to = ""\n', "match.twilio_to: expected a list of non-empty strings"),
         ("[recognition]\ninterim_results = \"yes\"\n", "recognition.interim_results: expected true or false"),
         ("[recognition]\nagent_track = 1\n", "recognition.agent_track: expected true or false"),
+        ("[webhook]\nquality_warnings = \"on\"\n", "webhook.quality_warnings: expected true or false"),
         ("[webhook]\nurl = 42\n", "webhook.url: expected a string"),
         ('[webhook]\nurl = "ftp://x"\n', "webhook.url: expected an http:// or https:// URL"),
         ('webhook = "http://x"\n', "webhook: expected a table"),

@@ -96,6 +96,10 @@ async def test_sipp_call_reaches_the_webhook_with_the_right_words(
         finals = consumer.of_type("utterance.final", call["id"])
         heard = " ".join(e["utterance"]["text"] for e in finals)
         assert wer(reference("arctic-aew-a0003"), heard) <= 0.25, heard
+        # The call's audio-quality figures, with pjmedia's RTP figures from the worker.
+        quality = ended["quality"]
+        assert quality["rtp_packets"] > 100 and quality["rtp_lost"] == 0  # loopback loses nothing
+        assert quality["rtp_jitter_ms"] >= 0 and -40 < quality["level_dbfs"] < -3
         assert consumer.rejected == 0
         async with aiohttp.ClientSession() as http:
             health = await (await http.get(server.make_url("/health"))).json()

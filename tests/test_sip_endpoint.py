@@ -50,6 +50,7 @@ class Recorder:
         self.outbound: deque[bytes] = deque()  # frames to play into the call
         self.digits: list[str] = []
         self.reason: str | None = None
+        self.stats: dict[str, float] | None = None
         self.done = threading.Event()
         self.transfer: list[tuple[int, str, bool]] = []  # what SipEndpoint.transfer reported
 
@@ -62,6 +63,9 @@ class Recorder:
     def ended(self, reason: EndReason) -> None:
         self.reason = reason
         self.done.set()
+
+    def rtp_stats(self, stats: dict[str, float]) -> None:
+        self.stats = stats
 
     def next_frame(self) -> bytes | None:
         try:
@@ -135,6 +139,11 @@ def test_answers_and_hears_the_audio_sipp_streams(start_ua, tmp_path: Path) -> N
     assert call.offer.user == "100"
     assert call.offer.from_.startswith("sip:sipp@127.0.0.1")
     assert similarity(bytes(call.pcm), sent) > 0.99
+    # pjmedia's receive statistics came with the end: sipp's 20 ms packets over loopback, none lost.
+    assert call.stats is not None
+    assert call.stats["rtp_packets"] >= len(sent) // 320 - 5  # 20 ms of 8 kHz s16 each; a few may come before the media is up
+    assert call.stats["rtp_lost"] == 0 and call.stats["rtp_loss_ratio"] == 0
+    assert 0 <= call.stats["rtp_jitter_ms"] <= call.stats["rtp_jitter_max_ms"]
 
 
 def test_plays_frames_into_the_call(start_ua, tmp_path: Path) -> None:

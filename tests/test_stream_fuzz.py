@@ -19,7 +19,8 @@ from service_helpers import clip, make_settings, receive_all, reference, send_au
 from app.bench.common import RunningApp, serve_app
 from app.ingress.stream_protocol import ErrorCode
 
-REPLY_TYPES = {"transcription_started", "transcription_result", "transcription_complete", "error"}
+REPLY_TYPES = {"transcription_started", "transcription_result", "transcription_complete", "error",
+               "quality", "quality_warning"}
 CODES = {c.value for c in ErrorCode}
 
 json_values = st.recursive(

@@ -206,6 +206,8 @@ async def test_the_callers_words_reach_the_webhook(hearsay: RunningApp, consumer
     assert wer(reference("jfk"), heard) <= 5 / 22, heard  # 3 wrong ("so am I", "America")
     assert wer(reference("jfk"), ended["transcript"]) <= 5 / 22
     assert ended["reason"] == EndReason.HANGUP
+    # The call's audio-quality figures: jfk (-17 dBFS mean power) over G.711, clean enough.
+    assert -25 < ended["quality"]["level_dbfs"] < -10 and ended["quality"]["clipping_ratio"] == 0
     assert consumer.rejected == 0
 
 

@@ -6,12 +6,17 @@ call's outbound media.
     call.dtmf("5")
     call.media.play(pcm, 16000)                     # speak into the call (see calls.media)
     unlisten = call.listen(on_transcript, on_end, on_speech=...)   # or: call.transcripts()
+    call.on_quality(on_report)                      # quality figures and warnings (pipeline.quality)
     await call.end(EndReason.HANGUP)                # finalises, emits call.ended; idempotent
 
 A `Call` owns one consumer task per track reading that track's `EngineStream.results()`.
 Finals are numbered per call (0, 1, ...), kept for `call.ended`, and written as
 `utterance.final`; interims become `utterance.partial` only when the dialplan asks. Speech
 events of the caller's track go to `on_speech` listeners as soon as the engine has them.
+The caller's audio, speech events and finals also feed the call's `QualityMonitor`: after
+each second of caller audio, and once more at the end, its report (and any warnings) goes
+to `on_quality` listeners and the warnings to `quality.warning` events (dialplans that opt
+in); the last report rides on `call.ended`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from app.delivery.events import Utterance
 from app.logs import bind_call
 from app.metrics import Metrics
 from app.pipeline.decode import decode, encode
+from app.pipeline.quality import QualityMonitor, QualityReport, QualityThresholds, QualityWarning
 from app.pipeline.types import SpeechEvent, Transcript
 
 if TYPE_CHECKING:
@@ -46,6 +52,10 @@ log = logging.getLogger("hearsay.calls")
 TranscriptListener = Callable[[Transcript], None]
 SpeechListener = Callable[[SpeechEvent], None]
 EndListener = Callable[[], None]
+QualityListener = Callable[[QualityReport, list[QualityWarning]], None]
+# The quality figures a live call has as gauges in /metrics.
+_GAUGED = ("level_dbfs", "noise_floor_dbfs", "snr_db", "clipping_ratio", "speech_ratio", "speech_rate_wpm",
+           "confidence", "latency_s")
 
 
 class Call:
@@ -53,7 +63,8 @@ class Call:
 
     def __init__(self, info: CallInfo, streams: Mapping[Track, EngineStream], outbox: Outbox | None,
                  metrics: Metrics, on_closed: Callable[[Call], None],
-                 media: CallMedia | None = None, echo_margin_db: float = 10.0) -> None:
+                 media: CallMedia | None = None, echo_margin_db: float = 10.0,
+                 quality: QualityThresholds | None = None) -> None:
         self.info = info
         self.started_at = time.monotonic()
         self.echo = EchoGate(echo_margin_db)
@@ -70,6 +81,12 @@ class Call:
         self._ending: asyncio.Future[None] | None = None
         self._end_reason: EndReason | None = None
         self._ended = asyncio.Event()
+        # Figures only the transport knows (SIP: RTP loss and jitter), set before the call ends.
+        self.media_quality: dict[str, Any] = {}
+        self.quality = QualityMonitor(self._streams[Track.CALLER].format.sample_rate, quality)
+        self.last_quality: QualityReport | None = None
+        self._quality_listeners: list[QualityListener] = []
+        self._next_report_s = 1.0
         with bind_call(info.id):
             self.events = EventWriter(info.ref(), info.dialplan, outbox)
             self._consumers = [
@@ -121,15 +138,19 @@ class Call:
         """Caller audio from a real-time source; never waits. False: dropped (engine behind).
         Raises StreamClosedError once the call is ending."""
         stream = self._streams[Track.CALLER]
-        ok = stream.push(self._unechoed(stream, payload))
+        payload = self._unechoed(stream, payload)
+        ok = stream.push(payload)
         self._clock.mark(stream.duration_s)
+        self._measure(stream, payload)
         return ok
 
     async def feed(self, payload: bytes) -> None:
         """Caller audio from a source that can wait (waits while the engine's backlog is full)."""
         stream = self._streams[Track.CALLER]
-        await stream.feed(self._unechoed(stream, payload))
+        payload = self._unechoed(stream, payload)
+        await stream.feed(payload)
         self._clock.mark(stream.duration_s)
+        self._measure(stream, payload)
 
     def push_agent(self, payload: bytes) -> bool:
         """The second track (e.g. Twilio's outbound audio); only for calls started with one."""
@@ -159,6 +180,12 @@ class Call:
         entry = (on_transcript, on_end, on_speech)
         self._listeners.append(entry)
         return lambda: self._listeners.remove(entry) if entry in self._listeners else None
+
+    def on_quality(self, listener: QualityListener) -> Callable[[], None]:
+        """Call `listener(report, warnings)` after each second of caller audio and once at the
+        end (before `on_end`); on the event loop, must not block. Returns an unsubscriber."""
+        self._quality_listeners.append(listener)
+        return lambda: self._quality_listeners.remove(listener) if listener in self._quality_listeners else None
 
     async def transcripts(self) -> AsyncIterator[Transcript]:
         """Every result from now until the call ends (unbounded buffer: results are small)."""
@@ -207,12 +234,15 @@ class Call:
                     with contextlib.suppress(Exception):
                         await stream.aclose()
             await asyncio.gather(*self._consumers, return_exceptions=True)
-            self.events.ended(self._utterances, self.duration_s, reason.value)
+            self.quality.end()
+            self._report()
+            self.events.ended(self._utterances, self.duration_s, reason.value, self._quality_figures())
             await self.events.close()
             source = self.info.source.value
             self._metrics.active_sessions.labels(source).dec()
             self._metrics.audio_seconds.labels(source).inc(self.duration_s)
             self._metrics.dropped_frames.labels(source).inc(self.dropped_frames)
+            self._gauge_quality(None)
             log.info("call ended (%s): %d utterances, %.1f s of audio", reason.value,
                      len(self._utterances), self.duration_s)
             self._ended.set()
@@ -240,6 +270,7 @@ class Call:
                 if isinstance(result, Transcript):
                     self._on_transcript(result, speaker)
                 elif track is Track.CALLER:
+                    self.quality.speech(result)
                     for _, _, on_speech in list(self._listeners):
                         if on_speech is not None:
                             self._safely(on_speech, result)
@@ -254,6 +285,7 @@ class Call:
             self._metrics.utterances.labels(self.info.source.value).inc()
             if speaker in (None, Track.CALLER):
                 self._observe_latency(result)
+                self.quality.transcript(result)
             self.events.final(result, speaker)
             log.info("utterance %d: %s", result.index, result.text)
         else:
@@ -269,8 +301,49 @@ class Call:
             return
         if result.emitted_at:
             self._metrics.vad_latency.observe(max(0.0, result.emitted_at - arrived - result.compute_s))
-        self._metrics.end_to_end_latency.labels(self.info.source.value).observe(
-            max(0.0, time.monotonic() - arrived))
+        latency = max(0.0, time.monotonic() - arrived)
+        self._metrics.end_to_end_latency.labels(self.info.source.value).observe(latency)
+        self.quality.latency(latency)
+
+    def _measure(self, stream: EngineStream, payload: bytes) -> None:
+        """Feed the quality monitor; report after each whole second of caller audio."""
+        if payload:
+            self.quality.audio(decode(payload, stream.format.encoding))
+        if stream.duration_s >= self._next_report_s:
+            self._next_report_s = float(int(stream.duration_s) + 1)
+            self._report()
+
+    def _report(self) -> None:
+        report = self.quality.report()
+        warnings = self.quality.warnings(report, self.duration_s)
+        self.last_quality = report
+        self._gauge_quality(report)
+        for warning in warnings:
+            self._metrics.quality_warnings.labels(self.info.source.value, warning.kind.value).inc()
+            log.info("quality warning %s: %.3g (threshold %.3g)", warning.kind.value, warning.value,
+                     warning.threshold)
+            self.events.quality_warning(warning, report)
+        for listener in list(self._quality_listeners):
+            self._safely(listener, report, warnings)
+
+    def _gauge_quality(self, report: QualityReport | None) -> None:
+        """The call's figures as `hearsay_call_quality` series; None: remove them (the end)."""
+        gauge, source = self._metrics.call_quality, self.info.source.value
+        figures = report.as_dict() if report is not None else {}
+        for figure in _GAUGED:
+            value = figures.get(figure)
+            if value is None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.id, source, figure)
+            else:
+                gauge.labels(self.id, source, figure).set(value)
+
+    def _quality_figures(self) -> dict[str, Any]:
+        """What `call.ended` carries as `quality`: the last report, plus what the media adds
+        (SIP: RTP loss and jitter)."""
+        figures: dict[str, Any] = self.last_quality.as_dict() if self.last_quality else {}
+        figures.update(self.media_quality)
+        return figures
 
     def _safely(self, fn: Callable[..., None], *args: Any) -> None:
         try:

@@ -25,6 +25,7 @@ from app.dialplans import Dialplans
 from app.logs import bind_call
 from app.metrics import Metrics
 from app.pipeline.errors import AudioFormatError, UnknownModelError
+from app.pipeline.quality import QualityThresholds
 from app.pipeline.types import AudioFormat
 
 if TYPE_CHECKING:
@@ -43,13 +44,15 @@ class CallHub:
     """
 
     def __init__(self, engine: SpeechEngine | None, dialplans: Dialplans, outbox: Outbox | None,
-                 metrics: Metrics | None = None, *, echo_margin_db: float = 10.0, max_live_calls: int = 0) -> None:
+                 metrics: Metrics | None = None, *, echo_margin_db: float = 10.0, max_live_calls: int = 0,
+                 quality: QualityThresholds | None = None) -> None:
         self.engine = engine
         self.max_live_calls = max_live_calls
         self.dialplans = dialplans
         self.outbox = outbox
         self.metrics = metrics or Metrics()
         self.echo_margin_db = echo_margin_db
+        self.quality = quality or QualityThresholds()
         self._calls: dict[str, Call] = {}
         self._observers: list[Callable[[Call], None]] = []
         self._closing = False
@@ -119,7 +122,8 @@ class CallHub:
             if isinstance(exc, ValueError):  # e.g. a language code the model does not know
                 raise CallRejected(Rejection.INVALID_CONFIG, str(exc)) from exc
             raise  # anything else is a bug: it goes up as it is
-        call = Call(info, streams, self.outbox, self.metrics, self._closed, media, self.echo_margin_db)
+        call = Call(info, streams, self.outbox, self.metrics, self._closed, media, self.echo_margin_db,
+                    self.quality)
         self._calls[info.id] = call
         self.metrics.calls.labels(info.source.value).inc()
         self.metrics.active_sessions.labels(info.source.value).inc()

@@ -46,6 +46,7 @@ class EndReason(StrEnum):
     SINGLE_UTTERANCE = "single_utterance"  # /v1/stream: the first final ended the session
     MESSAGE_TOO_LARGE = "message_too_large"  # /v1/stream: a message over the limit
     SESSION_TOO_LONG = "session_too_long"  # /v1/stream: more audio than `[stream] max_session_s`
+    INVALID_AUDIO = "invalid_audio"  # /v1/stream: a WEBM_OPUS container that cannot be decoded
     AGENT_HANGUP = "agent_hangup"  # Hearsay hung up, as the assistant asked
     TRANSFERRED = "transferred"  # SIP: the caller was moved elsewhere (REFER), as the assistant asked
     SHUTDOWN = "shutdown"  # the service is stopping

@@ -19,6 +19,7 @@ from app.delivery.events import CallRef, Utterance, WebhookEvent
 if TYPE_CHECKING:
     from app.delivery.outbox import Outbox
     from app.dialplans import Dialplan
+    from app.pipeline.quality import QualityReport, QualityWarning
     from app.pipeline.types import Transcript
 
 log = logging.getLogger("hearsay.calls")
@@ -57,9 +58,17 @@ class EventWriter:
             raise ValueError(f"dtmf digit: expected one of 0-9 * # A-D, got {digit!r}")
         self._emit(lambda url, secret: events.dtmf(self._ref, digit, url=url, secret=secret))
 
-    def ended(self, utterances: Sequence[Utterance], duration_s: float, reason: str) -> None:
+    def ended(self, utterances: Sequence[Utterance], duration_s: float, reason: str,
+              quality: Mapping[str, Any] | None = None) -> None:
         self._emit(lambda url, secret: events.call_ended(self._ref, utterances, duration_s=duration_s,
-                                                         reason=reason, url=url, secret=secret))
+                                                         reason=reason, url=url, secret=secret,
+                                                         quality=quality))
+
+    def quality_warning(self, warning: QualityWarning, report: QualityReport) -> None:
+        """`quality.warning`, only for dialplans that opt in (`[events] quality_warnings`)."""
+        if self._plan is not None and self._plan.quality_warnings:
+            self._emit(lambda url, secret: events.quality_warning(self._ref, warning, report,
+                                                                  url=url, secret=secret))
 
     def playback(self, state: str, details: Mapping[str, Any]) -> None:
         """`playback.started|finished|interrupted`."""

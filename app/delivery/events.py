@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from app.pipeline.quality import QualityReport, QualityWarning
 from app.pipeline.types import Transcript
 
 
@@ -40,6 +41,7 @@ class EventType(StrEnum):
     PLAYBACK_FINISHED = "playback.finished"
     PLAYBACK_INTERRUPTED = "playback.interrupted"
     ACTION_ERROR = "action.error"
+    QUALITY_WARNING = "quality.warning"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +124,27 @@ class Utterance:
 
 
 def call_ended(call: CallRef, utterances: Sequence[Utterance], *, duration_s: float, reason: str,
-               url: str, secret: str) -> WebhookEvent:
-    """`call.ended`: the full `transcript` text, the `utterances` list, duration and reason."""
+               url: str, secret: str, quality: Mapping[str, Any] | None = None) -> WebhookEvent:
+    """`call.ended`: the full `transcript` text, the `utterances` list, duration and reason,
+    and `quality`: the call's last quality figures (docs/quality.md) when there are any."""
     items = [utterance_json(u.transcript, u.speaker) for u in utterances]
     text = " ".join(item["text"] for item in items if item["text"])
-    return _build(EventType.CALL_ENDED, call, url, secret, {
+    fields: dict[str, Any] = {
         "transcript": text,
         "utterances": items,
         "duration_s": round(float(duration_s), 3),
         "reason": reason,
-    })
+    }
+    if quality:
+        fields["quality"] = dict(quality)
+    return _build(EventType.CALL_ENDED, call, url, secret, fields)
+
+
+def quality_warning(call: CallRef, warning: QualityWarning, report: QualityReport, *, url: str,
+                    secret: str) -> WebhookEvent:
+    """`quality.warning`: a figure past its threshold (`warning`) and the figures it came with."""
+    return _build(EventType.QUALITY_WARNING, call, url, secret,
+                  {"warning": warning.as_dict(), "quality": report.as_dict()})
 
 
 PLAYBACK_TYPES = {"started": EventType.PLAYBACK_STARTED, "finished": EventType.PLAYBACK_FINISHED,

@@ -33,10 +33,13 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from app.auth import authorized
 from app.calls import Call, CallInfo, CallRejected, CallSource, EndReason, NoMedia, Rejection
 from app.ingress import stream_protocol as proto
+from app.ingress.stream_container import FORMAT as CONTAINER_FORMAT
+from app.ingress.stream_container import AudioFileError, ContainerFeed, FileTooLarge
 from app.ingress.stream_protocol import ErrorCode, ProtocolError
 from app.keys import CALL_HUB, METRICS, SETTINGS
 from app.logs import bind_call
 from app.pipeline.errors import AudioFormatError, StreamClosedError
+from app.pipeline.quality import QualityReport, QualityWarning
 from app.pipeline.types import Transcript
 
 log = logging.getLogger("hearsay.stream")
@@ -54,6 +57,8 @@ _REJECTION_CODES = {
     Rejection.UNSUPPORTED_AUDIO: ErrorCode.UNSUPPORTED_ENCODING,
     Rejection.INVALID_CONFIG: ErrorCode.INVALID_CONFIG,
 }
+# The most a WEBM_OPUS session may send a second, on average: Opus at its 510 kbit/s maximum.
+_CONTAINER_BYTES_PER_S = 64_000
 # aiohttp refuses (and closes on) frames above this; ours answers "message_too_large" below it.
 _HARD_LIMIT_FACTOR = 4
 
@@ -115,6 +120,7 @@ class StreamSession:
         self._remote = remote
         self._settings = app[SETTINGS]
         self._call: Call | None = None
+        self._container: ContainerFeed | None = None  # for WEBM_OPUS: its incremental decoder
         self._config = proto.StreamConfig()
         self._finals: list[Transcript] = []  # the finals sent to the client
         self._outgoing: deque[tuple[bool, str]] = deque()  # (droppable, JSON text)
@@ -151,6 +157,8 @@ class StreamSession:
                 await sender
             if self._call is not None:
                 await self._call.end(EndReason.DISCONNECTED)
+            if self._container is not None:
+                await self._container.aclose()  # no decoder thread outlives its session
             if not self._ws.closed:
                 await self._ws.close()
 
@@ -202,7 +210,8 @@ class StreamSession:
         info = CallInfo(id=self.id, source=CallSource.STREAM, from_=self._remote, to="/v1/stream",
                         dialplan=plan)
         try:
-            call = await hub.start(info, config.audio, language=config.language, model=config.model,
+            audio = CONTAINER_FORMAT if config.container else config.audio
+            call = await hub.start(info, audio, language=config.language, model=config.model,
                                    interim_results=config.interim_results,
                                    word_timestamps=True if config.words else None,
                                    media=_SessionMedia(self), prompt=config.vocabulary)
@@ -210,26 +219,53 @@ class StreamSession:
             raise ProtocolError(_REJECTION_CODES[exc.reason], exc.message) from None
         self._config = config
         self._call = call
+        if config.container:
+            limit = self._settings.stream.max_session_s * _CONTAINER_BYTES_PER_S
+            self._container = ContainerFeed(call.feed, limit, self.id, self._container_failed)
         # The call can end without us (the hub closing it): then the session ends too.
         call.listen(self._on_transcript, lambda: self.request_end(call.end_reason or EndReason.SHUTDOWN))
+        call.on_quality(self._on_quality)
         self._queue(proto.started(self.id), droppable=False)
-        log.info("stream session started: %s %d Hz, dialplan %s", config.audio.encoding.value,
-                 config.audio.sample_rate, plan.name if plan else "-")
+        log.info("stream session started: %s %d Hz, dialplan %s", config.container or config.audio.encoding.value,
+                 audio.sample_rate, plan.name if plan else "-")
 
     async def _audio(self, call: Call, payload: bytes) -> None:
-        proto.check_audio(payload, self._config.audio)
-        if not payload:
-            return
-        try:
-            await call.feed(payload)
-        except StreamClosedError:
-            return  # the call is ending (shutdown, hang-up); the session ends with it
-        except AudioFormatError as exc:
-            raise ProtocolError(ErrorCode.INVALID_AUDIO, str(exc)) from None
+        if self._container is not None:
+            self._container_audio(self._container, payload)
+        else:
+            proto.check_audio(payload, self._config.audio)
+            if not payload:
+                return
+            try:
+                await call.feed(payload)
+            except StreamClosedError:
+                return  # the call is ending (shutdown, hang-up); the session ends with it
+            except AudioFormatError as exc:
+                raise ProtocolError(ErrorCode.INVALID_AUDIO, str(exc)) from None
         limit = self._settings.stream.max_session_s
         if call.duration_s > limit:
             self.request_end(EndReason.SESSION_TOO_LONG, ErrorCode.SESSION_TOO_LONG,
                              f"the session passed the limit of {limit} s of audio")
+
+    def _container_audio(self, container: ContainerFeed, payload: bytes) -> None:
+        try:
+            container.append(payload)
+        except FileTooLarge as exc:
+            self.request_end(EndReason.SESSION_TOO_LONG, ErrorCode.SESSION_TOO_LONG, str(exc))
+
+    def _container_failed(self, exc: AudioFileError) -> None:
+        # The container cannot be read past this point: nothing later could be heard. What
+        # was decoded before is still finalised and sent.
+        self._send_error(ErrorCode.INVALID_AUDIO, str(exc))
+        self.request_end(EndReason.INVALID_AUDIO)
+
+    async def _drain_container(self, finalise: bool) -> None:
+        if self._container is None:
+            return
+        if finalise:
+            await self._container.finish()
+        else:
+            await self._container.aclose()
 
     # -- results ----------------------------------------------------------------------------
 
@@ -244,11 +280,18 @@ class StreamSession:
         elif self._config.interim_results:
             self._queue(proto.result(transcript, words=self._config.words), droppable=True)
 
+    def _on_quality(self, report: QualityReport, warnings: list[QualityWarning]) -> None:
+        # Figures come every second and the next one supersedes them; warnings are not dropped.
+        self._queue(proto.quality(report), droppable=True)
+        for warning in warnings:
+            self._queue(proto.quality_warning(warning), droppable=False)
+
     async def _finish(self, reason: EndReason, code: ErrorCode | None, message: str) -> None:
         if code is not None:
             self._send_error(code, message)
         call = self._call
         if call is not None:
+            await self._drain_container(finalise=reason is not EndReason.SINGLE_UTTERANCE and code is None)
             if reason is EndReason.SINGLE_UTTERANCE:
                 await call.abort(reason)  # audio after the first utterance is not transcribed
             else:

@@ -6,9 +6,10 @@ Client -> server (JSON text frames; audio may also come as binary frames):
     {"type": "audio_data", "audio": "<base64>"}
     {"type": "stop_transcription"}
 
-Server -> client: `transcription_started`, `transcription_result`, `transcription_complete`,
-`error` (see the builders below). Everything a client sends is validated here and rejected
-with a `ProtocolError` whose `code` is one of `ErrorCode`; nothing here touches the socket.
+Server -> client: `transcription_started`, `transcription_result`, `quality`,
+`quality_warning`, `transcription_complete`, `error` (see the builders below). Everything a
+client sends is validated here and rejected with a `ProtocolError` whose `code` is one of
+`ErrorCode`; nothing here touches the socket.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from app.ingress.vocabulary import parse_vocabulary
 from app.pipeline import MAX_RATE, MIN_RATE
+from app.pipeline.quality import QualityReport, QualityWarning
 from app.pipeline.types import AudioFormat, Encoding, Transcript
 
 
@@ -70,6 +72,8 @@ class StreamConfig:
     dialplan: str | None = None
     words: bool = False
     vocabulary: str | None = None  # the recognizer's prompt (app.ingress.vocabulary)
+    # A container the audio comes in (`WEBM_OPUS`); `audio` is then what it is decoded to.
+    container: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,8 @@ class Stop:
 Message = Start | Audio | Stop
 
 _ENCODINGS = {e.value: e for e in Encoding}
-_NOT_YET = {"WEBM_OPUS", "OGG_OPUS", "OPUS", "FLAC", "MP3"}
+_CONTAINERS = {"WEBM_OPUS"}  # decoded by app.ingress.stream_container to 16 kHz LINEAR16
+_NOT_YET = {"OGG_OPUS", "OPUS", "FLAC", "MP3"}
 _BOOLEANS = {"interimResults": "interim_results", "singleUtterance": "single_utterance",
              "words": "words", "enableWordTimeOffsets": "words"}
 _STRINGS = {"language": "language", "model": "model", "dialplan": "dialplan"}
@@ -143,6 +148,10 @@ def parse_config(raw: Any) -> StreamConfig:
             options["vocabulary"] = parse_vocabulary(raw["vocabulary"], "config.vocabulary")
         except ValueError as exc:
             raise ProtocolError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+    encoding = raw.get("encoding")
+    if isinstance(encoding, str) and encoding.upper() in _CONTAINERS:
+        # The container says its own rate; the decoder hands the call 16 kHz PCM.
+        return StreamConfig(container=encoding.upper(), **options)
     return StreamConfig(audio=_audio_format(raw), **options)
 
 
@@ -152,7 +161,7 @@ def _audio_format(raw: Mapping[str, Any]) -> AudioFormat:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, "config.encoding: expected a string")
     encoding = _ENCODINGS.get(name.upper())
     if encoding is None:
-        known = ", ".join(_ENCODINGS)
+        known = ", ".join([*_ENCODINGS, *sorted(_CONTAINERS)])
         why = "is not supported yet" if name.upper() in _NOT_YET else "is unknown"
         raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING,
                             f"config.encoding: {name[:64]!r} {why} (supported: {known})")
@@ -218,6 +227,16 @@ def complete(utterances: Sequence[Transcript], duration_s: float) -> dict[str, A
     text = " ".join(t.text for t in utterances if t.text)
     return {"type": "transcription_complete",
             "result": {"text": text, "segments": segments, "duration": round(duration_s, 3)}}
+
+
+def quality(report: QualityReport) -> dict[str, Any]:
+    """`quality`: the audio-quality figures over the recent audio (docs/quality.md)."""
+    return {"type": "quality", "quality": report.as_dict()}
+
+
+def quality_warning(warning: QualityWarning) -> dict[str, Any]:
+    """`quality_warning`: one figure past its threshold, e.g. `{"kind": "low_volume", ...}`."""
+    return {"type": "quality_warning", "warning": warning.as_dict()}
 
 
 def error(code: ErrorCode, message: str) -> dict[str, Any]:
