@@ -2,7 +2,9 @@
 into their own microphone; results merged in time order, then the summary.
 
     pip install ./client
-    python examples/sdk_meeting.py alice=../shared/speech/jfk.wav bob=../shared/speech/arctic-aew-a0001.wav \
+    python -m app say "Hello, I would like to check my balance." -o hello.wav
+    python -m app say "My card was charged twice last week." -o card.wav
+    python examples/sdk_meeting.py alice=hello.wav bob=card.wav \
         [--url ws://localhost:8080] [--fast]
 
 The WAVs must be 16-bit mono at one sample rate.

@@ -1,7 +1,8 @@
 """Real-time transcription with the Python SDK: a WAV file streamed as if spoken live.
 
     pip install ./client
-    python examples/sdk_realtime.py ../shared/speech/jfk.wav [--url ws://localhost:8080] [--fast]
+    python -m app say "Hello, I would like to check my balance." -o hello.wav
+    python examples/sdk_realtime.py hello.wav [--url ws://localhost:8080] [--fast]
 
 Prints interim results as they come and each final with its time; needs only hearsay-client
 (the WAV must be 16-bit mono; the server resamples any rate).
