@@ -42,19 +42,18 @@ class Priority(IntEnum):
     INTERIM = 1  # the text so far of an utterance still being spoken
 
 
-class VadBatcher:
-    """Runs the next chunks of every waiting stream through Silero as one batch, on one thread.
+class _OneThreadBatcher:
+    """What the VAD and end-of-turn batchers share: one model thread, and one task on the
+    event loop (`_run`, the subclass's) that gathers waiting requests into batches for it.
 
-    A stream is `attach`ed while its audio flows and `detach`ed when it ends; `step` classifies
-    a stream's ready chunks. A batch waits a little for the attached streams that have not
-    asked yet, since one batch of many costs about what one stream costs alone.
-    """
+    `start()` binds the task to the running loop, again when a later stream runs on another
+    loop (whatever waited on the old loop is dead with it: `_reset`); `aclose()` stops the task,
+    `close()` the thread."""
 
-    def __init__(self, vad: SileroVAD) -> None:
-        self._vad = vad
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vad")
-        self._attached: set[VADStream] = set()
-        self._waiting: list[tuple[VADStream, asyncio.Future[None]]] = []
+    _name = "batcher"
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=self._name)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -63,11 +62,47 @@ class VadBatcher:
         loop = asyncio.get_running_loop()
         if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
             return
-        # Streams and futures of another loop are dead with it.
+        self._reset()
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run(), name=f"{self._name}-batcher")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def close(self) -> None:
+        """Stop the model's thread (blocking); after `aclose()`."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class VadBatcher(_OneThreadBatcher):
+    """Runs the next chunks of every waiting stream through Silero as one batch, on one thread.
+
+    A stream is `attach`ed while its audio flows and `detach`ed when it ends; `step` classifies
+    a stream's ready chunks. A batch waits a little for the attached streams that have not
+    asked yet, since one batch of many costs about what one stream costs alone.
+    """
+
+    _name = "vad"
+
+    def __init__(self, vad: SileroVAD) -> None:
+        super().__init__()
+        self._vad = vad
+        self._attached: set[VADStream] = set()
+        self._waiting: list[tuple[VADStream, asyncio.Future[None]]] = []
+
+    def _reset(self) -> None:
         self._attached.clear()
         self._waiting = []
-        self._wake = asyncio.Event()
-        self._task = loop.create_task(self._run(), name="vad-batcher")
 
     def attach(self, stream: VADStream) -> None:
         """Count `stream` among those whose audio still flows (so batches wait for it)."""
@@ -85,17 +120,6 @@ class VadBatcher:
         self._waiting.append((stream, future))
         self._wake.set()
         await future
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def close(self) -> None:
-        """Stop the VAD thread (blocking); after `aclose()`."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -129,26 +153,20 @@ class VadBatcher:
             self._vad.infer(active)
 
 
-class TurnBatcher:
+class TurnBatcher(_OneThreadBatcher):
     """Scores pauses with the end-of-turn model on one thread, those waiting together as one
     batch (the model costs about the same per pause either way; one thread keeps it off the
     cores Whisper uses, and the batch saves a queue hop per pause)."""
 
-    def __init__(self, model: SmartTurn) -> None:
-        self._model = model
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="turn")
-        self._waiting: list[tuple[np.ndarray, asyncio.Future[float]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+    _name = "turn"
 
-    def start(self) -> None:
-        """Run the batcher on the running loop, unless it already runs there."""
-        loop = asyncio.get_running_loop()
-        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
-            return
+    def __init__(self, model: SmartTurn) -> None:
+        super().__init__()
+        self._model = model
+        self._waiting: list[tuple[np.ndarray, asyncio.Future[float]]] = []
+
+    def _reset(self) -> None:
         self._waiting = []
-        self._wake = asyncio.Event()
-        self._task = loop.create_task(self._run(), name="turn-batcher")
 
     async def score(self, audio: np.ndarray) -> float:
         """The probability that the speaker of this turn (16 kHz audio up to just after the
@@ -157,17 +175,6 @@ class TurnBatcher:
         self._waiting.append((audio, future))
         self._wake.set()
         return await future
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def close(self) -> None:
-        """Stop the model's thread (blocking); after `aclose()`."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
