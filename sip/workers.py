@@ -91,7 +91,6 @@ class _Slot:
     error: str = ""
     status: dict[str, Any] = field(default_factory=dict)
     ready: asyncio.Future[str] | None = None  # "" once serving, else why it failed
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 class WorkerPool:
