@@ -25,9 +25,14 @@ import numpy as np
 from app.audiofile import iter_pcm16
 from app.bench.common import SPEECH_DIR, normalize, speech_end_s
 
-POOL = ("arctic-aew-a0001", "timit-LDC93S1", "ljspeech-LJ001-0004", "arctic-aew-a0002", "cards-005",
-        "ljspeech-LJ001-0011", "arctic-aew-a0003", "ljspeech-LJ001-0013", "ljspeech-LJ001-0006",
-        "ljspeech-LJ001-0002", "ljspeech-LJ001-0016", "ljspeech-LJ001-0008")
+# Twelve clips whose speech ends a sentence (or a list of cards), so each is a caller who has
+# finished their turn: a load benchmark measures how fast a finished turn reaches the webhook.
+# (A clip stopping mid-sentence, such as LJ001-0004 ending on a comma, is a caller who paused;
+# the end-of-turn policy makes it wait up to [turn] max_silence_ms on purpose, and `bench
+# engine` measures that.)
+POOL = ("arctic-aew-a0001", "timit-LDC93S1", "ljspeech-LJ001-0009", "arctic-aew-a0002", "cards-005",
+        "ljspeech-LJ001-0005", "arctic-aew-a0003", "ljspeech-LJ001-0013", "jfk",
+        "ljspeech-LJ001-0002", "ljspeech-LJ001-0015", "ljspeech-LJ001-0008")
 RATE = 8000
 LEAD_S, GAP_S, HOLD_S = 1.0, 1.5, 1.5
 # An utterance.final covers a clip's end if it ends no earlier than this before it (Whisper's
@@ -43,6 +48,11 @@ def add_load_arguments(parser: argparse.ArgumentParser, callers: str = "callers"
     parser.add_argument("--speech-dir", default=str(SPEECH_DIR),
                         help="directory with manifest.tsv (default: $HEARSAY_SPEECH_DIR or ../shared/speech)")
     parser.add_argument("--config", default="settings.toml", help="the service's settings file")
+    parser.add_argument("--interim", action="store_true",
+                        help="ask for interim results too (every [asr] interim_interval_ms while a caller talks)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also transcribe each call's audio alone, afterwards, through the same engine and "
+                             "settings (as `transcribe --telephone` does), and report that WER next to the load's")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
@@ -112,6 +122,11 @@ def plan_call(pool: Sequence[Clip], index: int, *, per_call: int = 3, start_s: f
         parts += [clip.samples, np.zeros(int(GAP_S * RATE), np.float32)]
         at += len(clip.samples) / RATE + GAP_S
     return CallerPlan(index, start_s, clips, np.concatenate(parts), tuple(ends))
+
+
+def plans_for(args: argparse.Namespace, n: int) -> list[CallerPlan]:
+    """The callers of a load benchmark run with the options of `add_load_arguments`."""
+    return plan_callers(load_pool(Path(args.speech_dir)), n, per_call=args.clips_per_call, stagger_s=args.stagger_s)
 
 
 def plan_callers(pool: Sequence[Clip], n: int, *, per_call: int = 3, stagger_s: float = 3.0,
@@ -184,6 +199,10 @@ def format_summary(name: str, s: Mapping[str, Any]) -> str:
             f"  end of speech -> webhook: p50 {s['latency_p50_ms']} ms, p95 {s['latency_p95_ms']} ms, "
             f"max {s['latency_max_ms']} ms ({s['utterances_measured']} utterances, "
             f"{s['utterances_missed']} missed)\n"
-            f"  WER {s['wer']}   service CPU {s['service_cpu_percent']}% of one core, peak RSS "
+            f"  WER {s['wer']}{_alone(s)}   service CPU {s['service_cpu_percent']}% of one core, peak RSS "
             f"{s['service_peak_rss_mb']} MB   load generator CPU {s['load_cpu_percent']}%   "
             f"dropped frames {s['dropped_frames']}")
+
+
+def _alone(s: Mapping[str, Any]) -> str:
+    return f" (each call alone: {s['wer_alone']})" if "wer_alone" in s else ""

@@ -10,7 +10,8 @@ of its own, loaded by callers in this one.
 
 The settings file (when it exists) is read, the overrides applied, and the result written to a
 temporary file with the HTTP address, the dialplans (one, `bench`, whose `[match]` body is
-`match` and whose webhook is the consumer) and the outbox in a temporary directory. Trunk
+`match`, whose webhook is the consumer, and which asks for interim results with `interim`) and
+the outbox in a temporary directory. Trunk
 registrations are dropped: a benchmark registers nowhere. The service's log goes to
 `<workdir>/serve.log`; its last lines are shown if it fails to start.
 """
@@ -129,7 +130,7 @@ class ServedService:
 
 
 @contextlib.asynccontextmanager
-async def served(config: str, overrides: Mapping[str, Mapping[str, Any]], *, match: str,
+async def served(config: str, overrides: Mapping[str, Mapping[str, Any]], *, match: str, interim: bool = False,
                  on_event: Callable[[dict[str, Any], float], None] | None = None) -> AsyncIterator[ServedService]:
     """Run the service (see the module docstring) until the block ends, then SIGTERM it."""
     consumer = WebhookConsumer(SECRET, on_event=on_event)
@@ -138,7 +139,7 @@ async def served(config: str, overrides: Mapping[str, Mapping[str, Any]], *, mat
         with tempfile.TemporaryDirectory(prefix="hearsay-bench-") as tmp:
             workdir = Path(tmp)
             port = _free_port()
-            settings_file = _write_settings(workdir, config, overrides, match, url, port)
+            settings_file = _write_settings(workdir, config, overrides, match, interim, url, port)
             with (workdir / "serve.log").open("wb") as log:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "app", "serve", "--config", str(settings_file),
@@ -174,14 +175,15 @@ async def _until_healthy(service: ServedService) -> None:
 
 
 def _write_settings(workdir: Path, config: str, overrides: Mapping[str, Mapping[str, Any]], match: str,
-                    url: str, port: int) -> Path:
+                    interim: bool, url: str, port: int) -> Path:
     raw: dict[str, dict[str, Any]] = {}
     if Path(config).exists():
         raw = tomllib.loads(Path(config).read_text())
     plans = workdir / "dialplans"
     plans.mkdir()
     (plans / "bench.toml").write_text(
-        f'name = "bench"\n[match]\n{match}\n[webhook]\nurl = "{url}"\nsecret = "{SECRET}"\n')
+        f'name = "bench"\n[match]\n{match}\n[webhook]\nurl = "{url}"\nsecret = "{SECRET}"\n'
+        f'[recognition]\ninterim_results = {"true" if interim else "false"}\n')
     fixed: dict[str, dict[str, Any]] = {
         "http": {"host": "127.0.0.1", "port": port},
         "dialplans": {"dir": str(plans)},

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from app.bench.baseline import add_baseline
 from app.bench.callers import (
     HOLD_S,
     Arrivals,
@@ -33,8 +34,7 @@ from app.bench.callers import (
     CallOutcome,
     add_load_arguments,
     format_summary,
-    load_pool,
-    plan_callers,
+    plans_for,
     score,
 )
 from app.bench.served import ServedService, free_udp_port, served
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calls < 1:
         print("bench sip: --calls must be at least 1", file=sys.stderr)
         return 2
-    s = asyncio.run(_bench(args))
+    s = add_baseline(args, args.calls, asyncio.run(_bench(args)))
     if args.json:
         print(json.dumps(s))
     else:
@@ -70,15 +70,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    plans = plan_callers(load_pool(Path(args.speech_dir)), args.calls, per_call=args.clips_per_call,
-                         stagger_s=args.stagger_s)
+    plans = plans_for(args, args.calls)
     arrivals = Arrivals()
     max_calls = args.max_calls or max(4, args.calls)
     overrides: dict[str, dict[str, Any]] = {"sip": {
         "enabled": True, "host": "127.0.0.1", "port": args.port, "allow_from": [], "auth_username": "",
         "rtp_port_start": args.port + 1000, "rtp_port_count": max(2000, 16 * max_calls), "max_calls": max_calls}}
     print(f"bench sip: starting the service and {args.calls} caller(s) ...", file=sys.stderr)
-    async with served(args.config, overrides, match='sip_user = ["*"]', on_event=arrivals) as service:
+    async with served(args.config, overrides, match='sip_user = ["*"]',
+                      interim=args.interim, on_event=arrivals) as service:
         workers = [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
         window = service.window(*workers)  # "children" in the summary: the SIP workers
         outcomes = await asyncio.gather(*(_caller(service, plan, args.port) for plan in plans))

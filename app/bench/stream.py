@@ -18,12 +18,12 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 
+from app.bench.baseline import add_baseline
 from app.bench.callers import (
     HOLD_S,
     RATE,
@@ -32,8 +32,7 @@ from app.bench.callers import (
     CallOutcome,
     add_load_arguments,
     format_summary,
-    load_pool,
-    plan_callers,
+    plans_for,
     score,
 )
 from app.bench.consumer import WebhookConsumer
@@ -55,26 +54,25 @@ def run(args: argparse.Namespace) -> int:
     if args.sessions < 1:
         print("bench stream: --sessions must be at least 1", file=sys.stderr)
         return 2
-    summary = asyncio.run(_bench(args))
+    summary = add_baseline(args, args.sessions, asyncio.run(_bench(args)))
     print(json.dumps(summary) if args.json else
           format_summary("stream", summary) + f"\n  max send lag {summary['max_send_lag_ms']} ms")
     return 0
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    plans = plan_callers(load_pool(Path(args.speech_dir)), args.sessions, per_call=args.clips_per_call,
-                         stagger_s=args.stagger_s)
+    plans = plans_for(args, args.sessions)
     arrivals = Arrivals()
     overrides: dict[str, dict[str, Any]] = {
         "sip": {"enabled": False}, "auth": {"api_keys": []},
         "stream": {"max_sessions": max(64, args.sessions)}}
     lags: list[float] = []
     print(f"bench stream: starting the service and {args.sessions} session(s) ...", file=sys.stderr)
-    async with served(args.config, overrides, match="", on_event=arrivals) as service:
+    async with served(args.config, overrides, match="", interim=args.interim, on_event=arrivals) as service:
         window = service.window()
         async with aiohttp.ClientSession() as http:
             outcomes = await asyncio.gather(*(
-                _session(http, f"ws://{service.http}/v1/stream", plan, args.linear16, lags, service.consumer)
+                _session(http, f"ws://{service.http}/v1/stream", plan, args, lags, service.consumer)
                 for plan in plans))
         usage = window.close()
         dropped = await service.dropped_frames("stream")
@@ -82,12 +80,13 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             "max_send_lag_ms": round(max(lags, default=0.0) * 1000)}
 
 
-async def _session(http: aiohttp.ClientSession, url: str, plan: CallerPlan, linear16: bool, lags: list[float],
+async def _session(http: aiohttp.ClientSession, url: str, plan: CallerPlan, args: argparse.Namespace,
+                   lags: list[float],
                    consumer: WebhookConsumer) -> CallOutcome:
     """One caller: start, stream its audio in real time, stop; its id and stream second 0."""
     await asyncio.sleep(plan.start_s)
     samples = np.concatenate([plan.samples, np.zeros(int(HOLD_S * RATE), np.float32)])
-    if linear16:
+    if args.linear16:
         pcm = resample_whole(samples, RATE, 16000)
         audio = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
         config = {"sampleRate": 16000, "encoding": "LINEAR16"}
@@ -99,7 +98,8 @@ async def _session(http: aiohttp.ClientSession, url: str, plan: CallerPlan, line
     loop = asyncio.get_running_loop()
     lag = 0.0
     async with http.ws_connect(url) as ws:
-        await ws.send_json({"type": "start_transcription", "config": {**config, "dialplan": "bench"}})
+        await ws.send_json({"type": "start_transcription", "config": {**config, "dialplan": "bench",
+                                                                          "interimResults": args.interim}})
         session_id = json.loads((await ws.receive(timeout=30)).data)["sessionId"]
         receiver = asyncio.create_task(_drain(ws))
         t0 = loop.time()  # the loop's clock is time.monotonic(), as the consumer's

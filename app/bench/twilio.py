@@ -17,11 +17,11 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from app.bench.baseline import add_baseline
 from app.bench.callers import (
     HOLD_S,
     Arrivals,
@@ -29,8 +29,7 @@ from app.bench.callers import (
     CallOutcome,
     add_load_arguments,
     format_summary,
-    load_pool,
-    plan_callers,
+    plans_for,
     score,
 )
 from app.bench.consumer import WebhookConsumer
@@ -51,18 +50,18 @@ def run(args: argparse.Namespace) -> int:
     if args.calls < 1:
         print("bench twilio: --calls must be at least 1", file=sys.stderr)
         return 2
-    summary = asyncio.run(_bench(args))
+    summary = add_baseline(args, args.calls, asyncio.run(_bench(args)))
     print(json.dumps(summary) if args.json else format_summary("twilio", summary))
     return 0
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    plans = plan_callers(load_pool(Path(args.speech_dir)), args.calls, per_call=args.clips_per_call,
-                         stagger_s=args.stagger_s)
+    plans = plans_for(args, args.calls)
     arrivals = Arrivals()
     overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False}}
     print(f"bench twilio: starting the service and {args.calls} caller(s) ...", file=sys.stderr)
-    async with served(args.config, overrides, match='twilio_to = ["*"]', on_event=arrivals) as service:
+    async with served(args.config, overrides, match='twilio_to = ["*"]',
+                      interim=args.interim, on_event=arrivals) as service:
         window = service.window()
         outcomes = await asyncio.gather(*(_call(service.http, plan, service.consumer) for plan in plans))
         usage = window.close()
