@@ -36,7 +36,8 @@ STREAMING_KEYS = {"sample_rate", "encoding", "vocabulary", *_WIRE_BOOLS, *_WIRE_
 
 @dataclass(frozen=True, slots=True)
 class StreamingConfig:
-    """A checked real-time session config. `wire` is the `start_transcription` config."""
+    """A checked real-time session config. `wire` is the `start_transcription` config (for a
+    meeting, the `start_meeting` config)."""
 
     wire: dict[str, Any]
     sample_rate: int
