@@ -143,9 +143,11 @@ async def test_the_server_dropping_the_socket_mid_meeting_loses_no_ones_words(ru
     heard = {who: " ".join(s.text for s in summary.segments if s.speaker == who) for who in ("alice", "bob")}
     said_alice = reference("arctic-aew-a0001") + " " + reference("jfk")
     said_bob = reference("cards-005") + " " + reference("ljspeech-LJ001-0001")
-    # 30 and 37 words; 0-1 wrong each when an utterance is cut at the resend point, so 3 and 4
-    # allow two more. A word lost, transcribed twice or put under the other speaker counts.
-    assert wer(said_alice, heard["alice"]) <= 3 / words(said_alice), heard["alice"]
+    # 30 and 37 words. Seen: alice 3 wrong (a name, and jfk's "ask not" heard alone as
+    # "S-not"), bob 2 ("clubs", "concerned"); 5 and 4 allow one or two more where an utterance
+    # is cut at the resend point. A word lost, transcribed twice or put under the other speaker
+    # counts (losing the unanswered audio costs alice 8 words).
+    assert wer(said_alice, heard["alice"]) <= 5 / words(said_alice), heard["alice"]
     assert wer(said_bob, heard["bob"]) <= 4 / words(said_bob), heard["bob"]
     # Every final streamed, across both connections, is in the summary, numbered on.
     assert sorted((r.speaker_id, r.transcript) for r in finals) == sorted((s.speaker, s.text) for s in summary.segments)
@@ -155,14 +157,15 @@ async def test_the_server_dropping_the_socket_mid_meeting_loses_no_ones_words(ru
     # After the reconnect, times are still meeting time: each second clip's words sit where it
     # was spoken, and each speaker's last words end where their clip ends.
     ends = {who: max(s.end_s for s in summary.segments if s.speaker == who) for who in ("alice", "bob")}
-    jfk_at, lj_at = (len(alice) - len(clip("jfk"))) / 32000 - 1.0, (len(bob) - len(clip("ljspeech-LJ001-0001"))) / 32000 - 1.0
+    jfk_at = len(clip("arctic-aew-a0001")) / 32000 + 1.0
+    lj_at = 0.5 + len(clip("cards-005")) / 32000 + 1.0
     assert min(s.start_s for s in summary.segments if "country" in s.text) >= jfk_at - 0.5
     assert min(s.start_s for s in summary.segments if "exhibition" in s.text.lower()) >= lj_at - 0.5
     assert len(alice) / 32000 - 2.5 <= ends["alice"] <= len(alice) / 32000
     assert len(bob) / 32000 - 2.5 <= ends["bob"] <= len(bob) / 32000
     people = {s.id: s for s in summary.speakers}
     assert people["alice"].joined_s <= 0.2 and people["bob"].joined_s <= 0.2
-    assert people["alice"].words >= words(said_alice) - 3 and people["bob"].words >= words(said_bob) - 4
+    assert people["alice"].words >= words(said_alice) - 5 and people["bob"].words >= words(said_bob) - 4
     assert summary.duration == pytest.approx(len(alice) / 32000, abs=0.05)
 
 
