@@ -169,6 +169,42 @@ async def test_the_server_dropping_the_socket_mid_meeting_loses_no_ones_words(ru
     assert summary.duration == pytest.approx(len(alice) / 32000, abs=0.05)
 
 
+async def test_a_long_outage_is_reported_as_the_speakers_exact_untranscribed_span(running_app: StartApp,
+                                                                                 tmp_path: Path) -> None:
+    server = await running_app(make_settings(tmp_path))
+    port = int(server.host.rsplit(":", 1)[1])
+    async with TcpProxy("127.0.0.1", port) as proxy, \
+            Hearsay(url=f"ws://127.0.0.1:{proxy.port}", backoff=FAST) as client:
+        meeting = await client.streaming.create_meeting_session({"participants": [{"id": "alice"}, {"id": "bob"}],
+                                                                 "max_buffer_s": 2.0})
+        named = meeting.meeting_id
+        await meeting.send_audio(silence(1.0), speaker_id="alice")
+        proxy.refusing = True
+        proxy.sever()
+        await until(lambda: not meeting.connected)  # the SDK has noticed the drop
+        await meeting.send_audio(silence(4.0), speaker_id="alice")  # 3 s more than the buffer holds
+        await meeting.send_audio(silence(1.0), speaker_id="bob")  # bob's first words, within his own buffer
+        proxy.refusing = False
+        await until(lambda: meeting.reconnects == 1)
+        await asyncio.gather(speak(meeting, "alice", clip("cards-005") + silence(1.0), speed=4.0),
+                             speak(meeting, "bob", clip("arctic-aew-a0001") + silence(1.0), speed=4.0))
+        summary = await meeting.finalize()
+        await meeting.close()
+    # alice's buffer kept her last 2 s; everything before them since her last final (none:
+    # silence has none) went: 0 to 3 s of her 5 s of silence. bob lost nothing.
+    assert [(s.start_s, s.end_s, s.speaker) for s in summary.untranscribed] == [(0.0, 3.0, "alice")]
+    assert summary.reconnects == 1
+    assert summary.meeting_id == named  # the server named the meeting; the new server meeting kept the name
+    heard = {who: " ".join(s.text for s in summary.segments if s.speaker == who) for who in ("alice", "bob")}
+    assert wer(reference("cards-005"), heard["alice"]) <= 2 / words(reference("cards-005")), heard
+    assert wer(reference("arctic-aew-a0001"), heard["bob"]) <= 2 / words(reference("arctic-aew-a0001")), heard
+    # bob's audio starts where the meeting had got to when he first spoke (alice's 5 s); each
+    # clip follows its speaker's silence on the meeting clock.
+    assert {s.id: s.joined_s for s in summary.speakers} == {"alice": 0.0, "bob": 5.0}
+    assert min(s.start_s for s in summary.segments if s.speaker == "alice") >= 5.0 - 0.3
+    assert min(s.start_s for s in summary.segments if s.speaker == "bob") >= 6.0 - 0.3
+
+
 async def test_reconnect_off_ends_the_meeting_with_the_audio_not_transcribed(running_app: StartApp,
                                                                             tmp_path: Path) -> None:
     server = await running_app(make_settings(tmp_path))

@@ -168,7 +168,8 @@ class MeetingSession:
         self._present.add(participant_id)
 
     async def remove_participant(self, participant_id: str) -> None:
-        """The participant left: their last words are finalised (after the audio already given)."""
+        """The participant left: their last words are finalised (after the audio already given).
+        ConfigError for an id not in the meeting; their later `send_audio` raises SessionClosedError."""
         self._check_open()
         person = self._people.get(participant_id)
         if person is None:
@@ -193,6 +194,11 @@ class MeetingSession:
             raise SessionClosedError(f"participant {speaker_id!r} has left the meeting")
         if not pcm:
             return
+        if self._ws is None and person.offset_s is None and person.spec.get("offsetS") is None:
+            # First words during an outage: they start where the meeting had got to (the
+            # new server meeting is told so), not where the resent audio happens to be.
+            person.offset_s = max((p.end_s(self._bps) for p in self._people.values() if p.offset_s is not None),
+                                  default=0.0)
         person.buffer.append(pcm, connected=self._ws is not None)
         self._wake.set()
         if self._ws is not None and person.buffer.backlog > SEND_AHEAD_S * self._bps:
@@ -282,7 +288,11 @@ class MeetingSession:
         specs = [self._rejoin_spec(p) for p in self._people.values() if not p.leaving or p.buffer.unacked]
         ws = await self._transport.websocket("/v1/meetings")
         try:
-            await ws.send_json({"type": "start_meeting", "config": {**self._config.wire, "participants": specs}})
+            # The server names a meeting that has no id; a reconnect keeps that name.
+            config = {**self._config.wire, "participants": specs}
+            if self.meeting_id:
+                config["meetingId"] = self.meeting_id
+            await ws.send_json({"type": "start_meeting", "config": config})
             msg = await ws.receive(timeout=START_TIMEOUT_S)
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 raise ConnectionLostError("the server closed the connection before the meeting started "
@@ -394,7 +404,7 @@ class MeetingSession:
             if person.leaving and person.id not in self._left_sent:
                 self._left_sent.add(person.id)
                 await ws.send_json({"type": "leave", "participantId": person.id})
-        if self._stop_requested and not self._stop_sent:
+        if self._stop_requested and not self._stop_sent and all(p.buffer.backlog <= 0 for p in present):
             self._stop_sent = True
             await ws.send_json({"type": "stop_meeting"})
         return True
