@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 
 from hearsay_client._transport import Backoff, Transport
-from hearsay_client.config import streaming_config
-from hearsay_client.meeting import MeetingSession, meeting_config
+from hearsay_client.config import meeting_config, streaming_config
+from hearsay_client.meeting import MeetingSession
 from hearsay_client.progressive import ProgressiveSession, progressive_config
 from hearsay_client.realtime import StreamingSession
 

@@ -15,13 +15,16 @@ checked here and mapped onto the server's wire keys.
 | `max_buffer_s`     | (SDK only)              | audio kept for resending across a reconnect (default 300) |
 | `reconnect`        | (SDK only)              | reconnect on a dropped connection (default True) |
 
+A meeting (`meeting_config`) takes the same audio keys and the SDK's own, plus `meeting_id`
+and `participants` (each `id`, optional `language` and `offset_s`).
+
 An unknown key, or a value of the wrong type, raises `ConfigError` before anything is sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hearsay_client.errors import ConfigError
@@ -32,11 +35,16 @@ _WIRE_BOOLS = {"interim_results": "interimResults", "single_utterance": "singleU
 _WIRE_STRINGS = {"language": "language", "model": "model", "dialplan": "dialplan"}
 _SDK_ONLY = {"max_buffer_s", "reconnect"}
 STREAMING_KEYS = {"sample_rate", "encoding", "vocabulary", *_WIRE_BOOLS, *_WIRE_STRINGS, *_SDK_ONLY}
+_MEETING_STREAM_KEYS = ("sample_rate", "encoding", "language", "model", "interim_results", "words",
+                        "vocabulary", "max_buffer_s", "reconnect")
+MEETING_KEYS = {"meeting_id", "participants", *_MEETING_STREAM_KEYS}
+PARTICIPANT_KEYS = {"id", "language", "offset_s"}
 
 
 @dataclass(frozen=True, slots=True)
 class StreamingConfig:
-    """A checked real-time session config. `wire` is the `start_transcription` config."""
+    """A checked real-time session config. `wire` is the `start_transcription` config (for a
+    meeting, the `start_meeting` config)."""
 
     wire: dict[str, Any]
     sample_rate: int
@@ -102,3 +110,30 @@ def streaming_config(raw: Mapping[str, Any]) -> StreamingConfig:
     if not isinstance(reconnect, bool):
         raise ConfigError("config.reconnect: expected True or False", "invalid_config")
     return StreamingConfig(wire, rate, encoding.upper(), float(max_buffer_s), reconnect)
+
+
+def participant_spec(raw: Any, where: str) -> dict[str, Any]:
+    """Check a meeting participant (`id`, optional `language`, `offset_s`); their wire spec."""
+    check_keys(raw, PARTICIPANT_KEYS, where)
+    if not isinstance(raw.get("id"), str) or not raw["id"]:
+        raise ConfigError(f"{where}.id: expected a non-empty string", "invalid_config")
+    wire: dict[str, Any] = {"id": raw["id"]}
+    if raw.get("language") is not None:
+        wire["language"] = raw["language"]
+    if raw.get("offset_s") is not None:
+        wire["offsetS"] = raw["offset_s"]
+    return wire
+
+
+def meeting_config(raw: Mapping[str, Any]) -> StreamingConfig:
+    """Check a meeting config; its `wire` is the `start_meeting` config."""
+    check_keys(raw, MEETING_KEYS, "config")
+    stream = streaming_config({k: raw[k] for k in _MEETING_STREAM_KEYS if k in raw})
+    wire = dict(stream.wire)
+    if raw.get("meeting_id") is not None:
+        wire["meetingId"] = raw["meeting_id"]
+    people = raw.get("participants", [])
+    if not isinstance(people, list | tuple):
+        raise ConfigError("config.participants: expected a list", "invalid_config")
+    wire["participants"] = [participant_spec(p, f"config.participants[{i}]") for i, p in enumerate(people)]
+    return replace(stream, wire=wire)

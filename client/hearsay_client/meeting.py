@@ -10,9 +10,21 @@ results merged in meeting-time order and tagged with `speaker_id`.
 
 Config keys: `meeting_id`, `participants` (each `id`, optional `language`, `offset_s`),
 `sample_rate`, `encoding`, `language` (everyone's default), `model`, `interim_results`,
-`words`. A participant joining late or leaving early (`remove_participant`) is normal; their
-audio is placed on the meeting clock where it arrives (docs/sdk.md). A meeting does not
-reconnect: a dropped connection ends it with ConnectionLostError.
+`words`, `vocabulary`, and the SDK's `max_buffer_s` and `reconnect` (as for real-time
+sessions). A participant joining late or leaving early (`remove_participant`) is normal; their
+audio is placed on the meeting clock where it arrives (docs/sdk.md).
+
+A meeting survives a dropped connection as a real-time session does (`_resend`): it keeps each
+participant's audio since the end of their last final received, reconnects with backoff and
+jitter, starts a new server meeting with the same `meeting_id` and everyone still in it, each
+placed on the meeting clock (`offsetS`) where their unfinished audio starts, and sends that
+audio again; someone who had left comes back only for that, and leaves again. Results keep
+meeting time across reconnects, finals are numbered on, and `finalize()` merges every final
+of every connection (`reconnects` says how many). Each participant's buffer is bounded by
+`max_buffer_s`; audio that could not be resent is reported per participant (`untranscribed`).
+With `reconnect: False` a dropped connection ends the meeting with ConnectionLostError.
+Until a new participant's join is answered (after a reconnect, if one is under way),
+`send_audio` for them waits.
 """
 
 from __future__ import annotations
@@ -21,14 +33,18 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from hearsay_client._meeting_summary import by_time as _by_time
+from hearsay_client._meeting_summary import merged_summary
+from hearsay_client._resend import ResendBuffer, reconnect
 from hearsay_client._results import Callback, ResultFeed
 from hearsay_client._transport import Transport, error_from_wire
-from hearsay_client.config import ENCODINGS, check_keys, streaming_config
+from hearsay_client.config import StreamingConfig, participant_spec
 from hearsay_client.errors import (
     ConfigError,
     ConnectionLostError,
@@ -37,65 +53,246 @@ from hearsay_client.errors import (
     SessionClosedError,
     SessionError,
 )
-from hearsay_client.types import MeetingSummary, Segment, SpeakerSummary, StreamingResult
+from hearsay_client.types import AudioSpan, MeetingSummary, Segment, SpeakerSummary, StreamingResult
 
 log = logging.getLogger("hearsay_client")
 
-MEETING_KEYS = {"meeting_id", "participants", "sample_rate", "encoding", "language", "model",
-                "interim_results", "words", "vocabulary"}
-PARTICIPANT_KEYS = {"id", "language", "offset_s"}
 START_TIMEOUT_S = 30.0
+FRAME_BYTES = 32_000  # most audio in one binary frame (1 s of 16 kHz LINEAR16)
+SEND_AHEAD_S = 4.0  # send_audio waits while more than this of someone's audio is queued
+_FATAL_CODES = {"session_too_long", "message_too_large"}  # the server ends the meeting after these
+_JOIN_CODES = {"unknown_model", "invalid_config", "duplicate_participant", "too_many_participants"}
 
 
-def _participant(raw: Any, where: str) -> dict[str, Any]:
-    check_keys(raw, PARTICIPANT_KEYS, where)
-    if not isinstance(raw.get("id"), str) or not raw["id"]:
-        raise ConfigError(f"{where}.id: expected a non-empty string", "invalid_config")
-    wire: dict[str, Any] = {"id": raw["id"]}
-    if raw.get("language") is not None:
-        wire["language"] = raw["language"]
-    if raw.get("offset_s") is not None:
-        wire["offsetS"] = raw["offset_s"]
-    return wire
+@dataclass(eq=False)
+class _Participant:
+    """A participant as the SDK keeps them: their join spec, the audio the server has not
+    finished with, and where their audio sits on the meeting clock."""
 
+    spec: dict[str, Any]
+    buffer: ResendBuffer
+    offset_s: float | None = None  # meeting time of their first byte; known once it is sent
+    language: str = ""  # as the server confirmed it
+    leaving: bool = False  # remove_participant was called
+    left_s: float | None = None  # from the server's participant_left
 
-def meeting_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a meeting config; the wire config (`start_meeting`)."""
-    check_keys(raw, MEETING_KEYS, "config")
-    audio = {k: raw[k] for k in ("sample_rate", "encoding", "language", "model", "interim_results", "words",
-                                 "vocabulary") if k in raw}
-    wire = dict(streaming_config(audio).wire)
-    if raw.get("meeting_id") is not None:
-        wire["meetingId"] = raw["meeting_id"]
-    people = raw.get("participants", [])
-    if not isinstance(people, list | tuple):
-        raise ConfigError("config.participants: expected a list", "invalid_config")
-    wire["participants"] = [_participant(p, f"config.participants[{i}]") for i, p in enumerate(people)]
-    return wire
+    @property
+    def id(self) -> str:
+        return str(self.spec["id"])
+
+    def end_s(self, bytes_per_s: int) -> float:
+        """The meeting time their audio has reached."""
+        return (self.offset_s or 0.0) + self.buffer.written / bytes_per_s
 
 
 class MeetingSession:
-    """One meeting (see the module doc)."""
+    """One meeting (see the module doc). Made by `client.streaming.create_meeting_session()`;
+    use it from one event loop."""
 
-    def __init__(self, transport: Transport, config: dict[str, Any]) -> None:
+    def __init__(self, transport: Transport, config: StreamingConfig) -> None:
         self._transport = transport
         self._config = config
-        self._sample = ENCODINGS[config.get("encoding", "LINEAR16")]
+        self._sample = config.bytes_per_sample
+        self._bps = config.bytes_per_s
         self._feed: ResultFeed[StreamingResult] = ResultFeed()
+        self._people: dict[str, _Participant] = {}
+        for spec in config.wire["participants"]:
+            self._people[spec["id"]] = self._participant(spec)
+        self._present: set[str] = set()  # the participants of the current server meeting
+        self._joining: dict[str, asyncio.Future[str]] = {}
+        self._finals: list[StreamingResult] = []  # every final, across reconnects
+        self._index_base = 0  # finals before the current server meeting's
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._joined: set[str] = {p["id"] for p in config["participants"]}
-        self._joining: dict[str, asyncio.Future[None]] = {}
-        self._complete: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._reader: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._connected = asyncio.Event()  # set while a connection carries the meeting, and at its end
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stop_requested = False
+        self._stop_sent = False
+        self._left_sent: set[str] = set()
         self._closed = False
-        self.meeting_id = str(config.get("meetingId", ""))
-        self.session_id = ""
+        self._fatal: HearsayError | None = None
+        self._summary: dict[str, Any] = {}  # the last server meeting's meeting_complete
+        self._runner: asyncio.Task[None] | None = None
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.meeting_id = str(config.wire.get("meetingId", ""))
+        self.server_sessions: list[str] = []  # the server's sessionId of each connection
+        self.reconnects = 0
+
+    @property
+    def session_id(self) -> str:
+        """The server's id for the first connection of this meeting."""
+        return self.server_sessions[0] if self.server_sessions else ""
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection carries the meeting now (False from a drop to its reconnect)."""
+        return self._ws is not None
+
+    @property
+    def untranscribed(self) -> tuple[AudioSpan, ...]:
+        """Each participant's audio known not to be transcribed (meeting seconds; `speaker` says whose)."""
+        return _by_time(p.buffer.untranscribed(p.offset_s or 0.0, p.id) for p in self._people.values())
 
     async def start(self) -> None:
+        """Connect and start the server's meeting; typed errors if the server refuses."""
+        await self._connect()
+        self._runner = asyncio.create_task(self._run(), name="hearsay-meeting")
+
+    # -- the application's side -----------------------------------------------------------
+
+    async def add_participant(self, participant_id: str, language: str | None = None,
+                              offset_s: float | None = None) -> None:
+        """Add a participant now (ConfigError if the server refuses them, e.g. their language).
+        While the connection is down, this waits for the reconnect."""
+        spec = participant_spec({"id": participant_id, "language": language, "offset_s": offset_s}, "participant")
+        self._check_open()
+        if participant_id in self._people:
+            raise ConfigError(f"participant {participant_id!r} has already joined", "duplicate_participant")
+        while True:
+            ws = await self._connection()
+            waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._joining[participant_id] = waiter
+            try:
+                await ws.send_json({"type": "join", "participant": spec})
+                confirmed = await waiter
+            except (ConnectionError, RuntimeError, aiohttp.ClientError, ConnectionLostError):
+                continue  # the next connection, or the meeting's failure, decides
+            finally:
+                self._joining.pop(participant_id, None)
+            if self._ws is ws:
+                break  # else the meeting reconnected meanwhile, without them: join the new one
+        person = self._participant(spec)
+        person.language = confirmed
+        self._people[participant_id] = person
+        self._present.add(participant_id)
+
+    async def remove_participant(self, participant_id: str) -> None:
+        """The participant left: their last words are finalised (after the audio already given).
+        ConfigError for an id not in the meeting; their later `send_audio` raises SessionClosedError."""
+        self._check_open()
+        person = self._people.get(participant_id)
+        if person is None:
+            raise ConfigError(f"no participant {participant_id!r} in the meeting", "unknown_participant")
+        person.leaving = True
+        self._wake.set()
+
+    async def send_audio(self, pcm: bytes, speaker_id: str) -> None:
+        """`speaker_id`'s audio (whole samples in the meeting's encoding); a new id joins first.
+        Returns at once while the connection is down (the audio is kept for resending); on a
+        live connection it waits while more than a few seconds are queued."""
+        self._check_open()
+        if len(pcm) % self._sample:
+            raise InvalidAudioError(f"audio needs whole {self._sample}-byte samples; got {len(pcm)} bytes",
+                                    "invalid_audio")
+        if len(speaker_id.encode("utf-8")) > 255:
+            raise ConfigError("speaker_id: at most 255 bytes of UTF-8", "invalid_config")
+        if speaker_id not in self._people:
+            await self.add_participant(speaker_id)
+        person = self._people[speaker_id]
+        if person.leaving:
+            raise SessionClosedError(f"participant {speaker_id!r} has left the meeting")
+        if not pcm:
+            return
+        if self._ws is None and person.offset_s is None and person.spec.get("offsetS") is None:
+            # First words during an outage: they start where the meeting had got to (the
+            # new server meeting is told so), not where the resent audio happens to be.
+            person.offset_s = max((p.end_s(self._bps) for p in self._people.values() if p.offset_s is not None),
+                                  default=0.0)
+        person.buffer.append(pcm, connected=self._ws is not None)
+        self._wake.set()
+        if self._ws is not None and person.buffer.backlog > SEND_AHEAD_S * self._bps:
+            self._room.clear()
+            await self._room.wait()
+
+    async def stream(self) -> AsyncIterator[StreamingResult]:
+        """Every participant's results (`speaker_id` says whose), finals in meeting-time order;
+        raises the meeting's error (e.g. ConnectionLostError) after the last result if it failed."""
+        async for result in self._feed.stream():
+            yield result
+
+    def on_result(self, callback: Callback[StreamingResult]) -> None:
+        """Call `callback(result)` for every result from now on (as `StreamingSession.on_result`)."""
+        self._feed.add_callback(callback)
+
+    async def finalize(self) -> MeetingSummary:
+        """End the meeting: every participant's last words, merged (across reconnects)."""
+        if self._closed:
+            raise SessionClosedError("the meeting is closed")
+        self._stop_requested = True
+        self._wake.set()
+        try:
+            await asyncio.shield(self._done)
+        finally:
+            await self._feed.drain()
+        if not self.reconnects:
+            return self._server_summary(self._summary)
+        return merged_summary(self.meeting_id, self._finals, self._speakers(), self.untranscribed, self.reconnects)
+
+    async def close(self) -> None:
+        """Stop at once (without waiting for the last finals); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._ws is not None:
+            await self._ws.close()
+        if not self._done.done():
+            self._done.set_exception(SessionClosedError("the meeting was closed"))
+            self._done.exception()  # retrieved: nobody may be waiting
+        await self._feed.aclose()
+
+    async def __aenter__(self) -> MeetingSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self._closed or self._stop_requested:
+            raise SessionClosedError("the meeting is finalized or closed")
+        if self._fatal is not None:
+            raise self._fatal
+        if self._done.done():
+            raise self._failure()
+
+    def _failure(self) -> BaseException:
+        failure = self._done.exception() if not self._done.cancelled() else None
+        return failure if failure is not None else SessionClosedError("the meeting has ended")
+
+    async def _connection(self) -> aiohttp.ClientWebSocketResponse:
+        """The live connection; waits through a reconnect, raises the meeting's failure."""
+        while self._ws is None:
+            if self._done.done():
+                raise self._failure()
+            await self._connected.wait()
+        return self._ws
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _participant(self, spec: dict[str, Any]) -> _Participant:
+        return _Participant(spec, ResendBuffer(self._config.sample_rate, self._sample, self._config.max_buffer_s))
+
+    def _rejoin_spec(self, person: _Participant) -> dict[str, Any]:
+        """Their join spec for a new server meeting: placed where their unfinished audio starts."""
+        spec = dict(person.spec)
+        if person.offset_s is not None:
+            spec["offsetS"] = round(person.offset_s + person.buffer.acked / self._bps, 6)
+        return spec
+
+    async def _connect(self) -> None:
+        # Someone who left is back only while the server owes them finals; they leave again.
+        specs = [self._rejoin_spec(p) for p in self._people.values() if not p.leaving or p.buffer.unacked]
         ws = await self._transport.websocket("/v1/meetings")
         try:
-            await ws.send_json({"type": "start_meeting", "config": self._config})
+            # The server names a meeting that has no id; a reconnect keeps that name.
+            config = {**self._config.wire, "participants": specs}
+            if self.meeting_id:
+                config["meetingId"] = self.meeting_id
+            await ws.send_json({"type": "start_meeting", "config": config})
             msg = await ws.receive(timeout=START_TIMEOUT_S)
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 raise ConnectionLostError("the server closed the connection before the meeting started "
@@ -109,121 +306,191 @@ class MeetingSession:
             await ws.close()
             raise
         self.meeting_id = str(data.get("meetingId", self.meeting_id))
-        self.session_id = str(data.get("sessionId", ""))
+        self.server_sessions.append(str(data.get("sessionId", "")))
+        self._present = {s["id"] for s in specs}
+        for person in self._people.values():
+            person.buffer.restart()
+        self._index_base = len(self._finals)
+        self._stop_sent = False
+        self._left_sent = set()
         self._ws = ws
-        self._reader = asyncio.create_task(self._read(ws), name="hearsay-meeting")
+        self._connected.set()
 
-    async def add_participant(self, participant_id: str, language: str | None = None,
-                              offset_s: float | None = None) -> None:
-        """Add a participant now (ConfigError if the server refuses them, e.g. their language)."""
-        ws = self._live()
-        spec = _participant({"id": participant_id, "language": language, "offset_s": offset_s}, "participant")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._joining[participant_id] = waiter
-        await ws.send_json({"type": "join", "participant": spec})
+    async def _run(self) -> None:
         try:
-            await waiter
+            while True:
+                assert self._ws is not None
+                complete = await self._serve(self._ws)
+                await self._ws.close()
+                self._ws = None
+                self._connected.clear()
+                self._room.set()
+                for waiter in self._joining.values():
+                    if not waiter.done():
+                        waiter.set_exception(ConnectionLostError("the meeting's connection dropped"))
+                if self._fatal is not None:
+                    raise self._fatal
+                if complete:
+                    break
+                for person in self._people.values():
+                    person.buffer.connection_lost()
+                if not self._config.reconnect:
+                    raise ConnectionLostError("the meeting's connection dropped (reconnect is off)", self._pending())
+                await reconnect(self._transport.backoff, self._connect, self._pending)
+                self.reconnects += 1
+                log.info("meeting %s reconnected (server session %s); resending %.2f s of audio", self.meeting_id,
+                         self.server_sessions[-1], sum(p.buffer.unacked for p in self._people.values()) / self._bps)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._finish(exc)
+            return
+        self._finish(None)
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._room.set()
+        if not self._done.done():
+            if error is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(error)
+        self._connected.set()  # wakes whoever waits for a connection, to see the end
+        self._feed.end(error)
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Send and receive on one connection until it ends; True when the meeting is complete."""
+        self._wake.set()  # send what is buffered (after a reconnect: everything not yet finished)
+        sender = asyncio.create_task(self._send_loop(ws), name="hearsay-meeting-send")
+        try:
+            return await self._receive_loop(ws)
         finally:
-            self._joining.pop(participant_id, None)
-        self._joined.add(participant_id)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await sender
 
-    async def remove_participant(self, participant_id: str) -> None:
-        """The participant left: their last words are finalised."""
-        await self._live().send_json({"type": "leave", "participantId": participant_id})
+    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if not await self._send_pending(ws):
+                    await ws.close()  # unsent audio was dropped (overflow): start afresh
+                    return
+            except (ConnectionError, RuntimeError, aiohttp.ClientError):
+                return  # the receiver sees the close and reconnects
 
-    async def send_audio(self, pcm: bytes, speaker_id: str) -> None:
-        """`speaker_id`'s audio (whole samples in the meeting's encoding)."""
-        ws = self._live()
-        if len(pcm) % self._sample:
-            raise InvalidAudioError(f"audio needs whole {self._sample}-byte samples; got {len(pcm)} bytes",
-                                    "invalid_audio")
-        if speaker_id not in self._joined:
-            await self.add_participant(speaker_id)
-        head = speaker_id.encode("utf-8")
-        if len(head) > 255:
-            raise ConfigError("speaker_id: at most 255 bytes of UTF-8", "invalid_config")
-        try:
-            await ws.send_bytes(bytes([len(head)]) + head + pcm)
-        except (ConnectionError, RuntimeError) as exc:
-            raise ConnectionLostError(f"the meeting's connection dropped: {exc}") from None
+    async def _send_pending(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Everyone's unsent audio (a frame each in turn), then leaves, then the stop once all
+        is sent; False when a participant's unsent audio was dropped."""
+        present = [p for p in self._people.values() if p.id in self._present]
+        busy = True
+        while busy:
+            busy = False
+            for person in present:
+                if person.buffer.backlog <= 0:
+                    continue
+                frame = person.buffer.next_frame(FRAME_BYTES)
+                if frame is None:
+                    return False
+                if person.offset_s is None:
+                    person.offset_s = self._arrival_s(person)
+                head = person.id.encode("utf-8")
+                await ws.send_bytes(bytes([len(head)]) + head + frame)
+                person.buffer.mark_sent(len(frame))
+                busy = True
+            if all(p.buffer.backlog <= SEND_AHEAD_S * self._bps for p in present):
+                self._room.set()
+        for person in present:
+            if person.leaving and person.id not in self._left_sent:
+                self._left_sent.add(person.id)
+                await ws.send_json({"type": "leave", "participantId": person.id})
+        if self._stop_requested and not self._stop_sent and all(p.buffer.backlog <= 0 for p in present):
+            self._stop_sent = True
+            await ws.send_json({"type": "stop_meeting"})
+        return True
 
-    async def stream(self) -> AsyncIterator[StreamingResult]:
-        """Every participant's results (`speaker_id` says whose), finals in meeting-time order."""
-        async for result in self._feed.stream():
-            yield result
+    def _arrival_s(self, person: _Participant) -> float:
+        """Where the server places a participant's first audio: their `offset_s`, else the
+        meeting time reached (the most audio anyone has sent on this connection), as
+        `app.meetings.meeting` does, so the SDK knows the offset without asking."""
+        if person.spec.get("offsetS") is not None:
+            return float(person.spec["offsetS"])
+        return max(((p.offset_s or 0.0) + p.buffer.sent / self._bps for p in self._people.values()
+                    if p.id in self._present and p.offset_s is not None and p.buffer.sent > p.buffer.base),
+                   default=0.0)
 
-    def on_result(self, callback: Callback[StreamingResult]) -> None:
-        self._feed.add_callback(callback)
+    async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            data: dict[str, Any] = json.loads(msg.data)
+            kind = data.get("type")
+            if kind == "transcription_result":
+                self._on_result(data["result"])
+            elif kind == "participant_joined":
+                self._on_joined(data["participant"])
+            elif kind == "participant_left":
+                if (person := self._people.get(str(data.get("participantId")))) is not None:
+                    person.left_s = float(data.get("left_s", 0.0))
+            elif kind == "meeting_complete":
+                self._summary = data["result"]
+                if self._stop_sent:
+                    return True
+                # The server ended the meeting by itself (e.g. shutting down), having finished
+                # everything it was sent: nothing is owed, and the meeting goes on elsewhere.
+                for pid in self._present:
+                    self._people[pid].buffer.ack(self._people[pid].buffer.sent)
+            elif kind == "error":
+                self._on_error(str(data.get("code", "")), str(data.get("message", "")))
+        return False
 
-    async def finalize(self) -> MeetingSummary:
-        """End the meeting: every participant's last words, merged."""
-        ws = self._live()
-        self._stopping = True
-        await ws.send_json({"type": "stop_meeting"})
-        body = await asyncio.shield(self._complete)
-        await self._feed.drain()
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _on_result(self, body: dict[str, Any]) -> None:
+        # The server already placed the times on the meeting clock (each participant rejoins
+        # at offsetS = where their resent audio starts); only the finals' numbering restarts.
+        result = StreamingResult.from_wire(body, index=int(body.get("index", 0)) + self._index_base)
+        if result.is_final:
+            self._finals.append(result)
+            person = self._people.get(result.speaker_id or "")
+            if person is not None and person.offset_s is not None:
+                person.buffer.ack(person.buffer.bytes_at(result.end_s - person.offset_s))
+        self._feed.publish(result)
+
+    def _on_joined(self, info: dict[str, Any]) -> None:
+        pid, language = str(info.get("id", "")), str(info.get("language", ""))
+        if (person := self._people.get(pid)) is not None:
+            person.language = language
+        waiter = self._joining.get(pid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(language)
+
+    def _on_error(self, code: str, message: str) -> None:
+        failure = error_from_wire(code, message)
+        pending = [w for w in self._joining.values() if not w.done()]
+        if pending and code in _JOIN_CODES:
+            pending[0].set_exception(ConfigError(message, code))
+        elif code in _FATAL_CODES:
+            self._fatal = failure
+        else:
+            log.warning("meeting error %s: %s", code, message)
+
+    def _pending(self) -> tuple[AudioSpan, ...]:
+        return _by_time(p.buffer.pending(p.offset_s or 0.0, p.id) for p in self._people.values())
+
+    def _speakers(self) -> list[SpeakerSummary]:
+        speakers = []
+        for person in self._people.values():
+            end_s = person.end_s(self._bps)
+            speakers.append(SpeakerSummary(person.id, person.language, round(person.offset_s or 0.0, 3),
+                                           round(person.left_s if person.left_s is not None else end_s, 3),
+                                           0.0, 0))
+        return speakers
+
+    def _server_summary(self, body: dict[str, Any]) -> MeetingSummary:
         return MeetingSummary(
             meeting_id=str(body.get("meetingId", self.meeting_id)), full_transcript=str(body.get("text", "")),
             speakers=tuple(SpeakerSummary(s["id"], s.get("language", ""), float(s["joined_s"]), float(s["left_s"]),
                                           float(s["talk_time_s"]), int(s["words"])) for s in body.get("speakers", ())),
             segments=tuple(Segment.from_wire(s) for s in body.get("segments", ())),
-            duration=float(body.get("duration", 0.0)))
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        await self._feed.aclose()
-
-    async def __aenter__(self) -> MeetingSession:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _live(self) -> aiohttp.ClientWebSocketResponse:
-        if self._closed or self._stopping or self._ws is None:
-            raise SessionClosedError("the meeting is finalized or closed")
-        if self._complete.done():
-            failure = self._complete.exception()
-            raise failure if failure is not None else SessionClosedError("the meeting has ended")
-        return self._ws
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        error: HearsayError | None = None
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            kind = data.get("type")
-            if kind == "transcription_result":
-                self._feed.publish(StreamingResult.from_wire(data["result"]))
-            elif kind == "participant_joined":
-                waiter = self._joining.get(data["participant"]["id"])
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            elif kind == "meeting_complete":
-                if not self._complete.done():
-                    self._complete.set_result(data["result"])
-            elif kind == "error":
-                failure = error_from_wire(str(data.get("code", "")), str(data.get("message", "")))
-                pending = [w for w in self._joining.values() if not w.done()]
-                if pending and failure.code in ("unknown_model", "invalid_config", "duplicate_participant",
-                                                "too_many_participants"):
-                    pending[0].set_exception(ConfigError(failure.message, failure.code))
-                elif failure.code in ("session_too_long", "message_too_large"):
-                    error = failure
-                else:
-                    log.warning("meeting error %s: %s", failure.code, failure.message)
-        if not self._complete.done():
-            self._complete.set_exception(error or ConnectionLostError("the meeting's connection dropped"))
-        for waiter in self._joining.values():
-            if not waiter.done():
-                waiter.set_exception(ConnectionLostError("the meeting's connection dropped"))
-        self._feed.end(None if self._complete.exception() is None else self._complete.exception())
+            duration=float(body.get("duration", 0.0)), untranscribed=self.untranscribed)

@@ -12,7 +12,8 @@ connection drops, it reconnects with exponential backoff and jitter, starts a ne
 session and sends that audio again, moving the new session's times onto the session's own
 clock. Audio given to `send_audio` meanwhile is kept too. The buffer is bounded
 (`max_buffer_s`): when it overflows, the oldest audio goes, and if a reconnect then needs it,
-its span is reported (`untranscribed`) rather than silently missing.
+its span is reported (`untranscribed`) rather than silently missing. (The buffer and the
+reconnect loop are `_resend`'s, shared with the meeting session.)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from hearsay_client._resend import ResendBuffer, reconnect
 from hearsay_client._results import Callback, ResultFeed
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig
@@ -58,14 +60,7 @@ class StreamingSession:
         self._feed: ResultFeed[StreamingResult] = ResultFeed()
         self._finals: list[Segment] = []
         self.server_sessions: list[str] = []  # the server's sessionId of each connection
-        # Audio, by absolute byte offset: _audio holds [_acked, _written).
-        self._audio = bytearray()
-        self._acked = 0  # everything before this has its finals here (or was silence)
-        self._written = 0  # bytes given to send_audio
-        self._base = 0  # where the current connection's audio starts
-        self._sent = 0  # how far the current connection has been sent
-        self._at_risk: list[tuple[int, int]] = []  # sent, dropped from the buffer, finals not yet seen
-        self._lost: list[tuple[int, int]] = []  # not transcribed, for good
+        self._buffer = ResendBuffer(config.sample_rate, self._sample, config.max_buffer_s)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -90,12 +85,12 @@ class StreamingSession:
     @property
     def duration_s(self) -> float:
         """Seconds of audio given to `send_audio`."""
-        return self._written / self._bps
+        return self._buffer.written / self._bps
 
     @property
     def untranscribed(self) -> tuple[AudioSpan, ...]:
         """Spans of audio known not to be transcribed (buffer overflow across a reconnect)."""
-        return tuple(AudioSpan(round(a / self._bps, 3), round(b / self._bps, 3)) for a, b in self._lost)
+        return self._buffer.untranscribed()
 
     async def start(self) -> None:
         """Connect and start the server session; typed errors if the server refuses."""
@@ -119,11 +114,9 @@ class StreamingSession:
                                     f"got {len(chunk)} bytes", "invalid_audio")
         if not chunk:
             return
-        self._audio += chunk
-        self._written += len(chunk)
-        self._trim_to_bound()
+        self._buffer.append(chunk, connected=self._ws is not None)
         self._wake.set()
-        if self._ws is not None and self._written - self._sent > SEND_AHEAD_S * self._bps:
+        if self._ws is not None and self._buffer.backlog > SEND_AHEAD_S * self._bps:
             self._room.clear()
             await self._room.wait()
 
@@ -194,26 +187,15 @@ class StreamingSession:
         except BaseException:
             await ws.close()
             raise
-        self._base = self._sent = self._acked
+        self._buffer.restart()
         return ws
 
     async def _reconnect(self) -> aiohttp.ClientWebSocketResponse:
-        backoff = self._transport.backoff
-        for attempt in range(backoff.max_attempts):
-            await asyncio.sleep(backoff.delay(attempt))
-            try:
-                ws = await self._connect()
-            except HearsayError as exc:
-                if not exc.retryable:
-                    raise
-                log.info("reconnect attempt %d failed: %s", attempt + 1, exc)
-                continue
-            self.reconnects += 1
-            log.info("reconnected (server session %s); resending %.2f s of audio",
-                     self.server_sessions[-1], (self._written - self._acked) / self._bps)
-            return ws
-        raise ConnectionLostError(f"the connection dropped and {backoff.max_attempts} reconnects failed",
-                                  self._pending_spans())
+        ws = await reconnect(self._transport.backoff, self._connect, self._buffer.pending)
+        self.reconnects += 1
+        log.info("reconnected (server session %s); resending %.2f s of audio",
+                 self.server_sessions[-1], self._buffer.unacked / self._bps)
+        return ws
 
     async def _run(self) -> None:
         try:
@@ -227,15 +209,14 @@ class StreamingSession:
                     raise self._fatal
                 if complete:
                     break
-                self._lost.extend(self._at_risk)  # their finals will not come now
-                self._at_risk = []
-                while not (self._stop_requested or self._written > self._acked):
+                self._buffer.connection_lost()
+                while not (self._stop_requested or self._buffer.unacked):
                     self._wake.clear()
                     await self._wake.wait()
-                if self._written <= self._acked:
+                if not self._buffer.unacked:
                     break  # nothing left to transcribe: the session is complete as it is
                 if not self._config.reconnect:
-                    raise ConnectionLostError("the connection dropped (reconnect is off)", self._pending_spans())
+                    raise ConnectionLostError("the connection dropped (reconnect is off)", self._buffer.pending())
                 self._ws = await self._reconnect()
         except asyncio.CancelledError:
             raise
@@ -270,15 +251,14 @@ class StreamingSession:
             await self._wake.wait()
             self._wake.clear()
             try:
-                while self._sent < self._written:
-                    if self._sent < self._acked:  # unsent audio was dropped (overflow): start afresh
+                while self._buffer.backlog > 0:
+                    frame = self._buffer.next_frame(FRAME_BYTES)
+                    if frame is None:  # unsent audio was dropped (overflow): start afresh
                         await ws.close()
                         return
-                    start = self._sent - self._acked
-                    frame = bytes(self._audio[start:start + FRAME_BYTES])
                     await ws.send_bytes(frame)
-                    self._sent += len(frame)
-                    if self._written - self._sent <= SEND_AHEAD_S * self._bps:
+                    self._buffer.mark_sent(len(frame))
+                    if self._buffer.backlog <= SEND_AHEAD_S * self._bps:
                         self._room.set()
                 if self._stop_requested and not stop_sent:
                     await ws.send_json({"type": "stop_transcription"})
@@ -296,8 +276,8 @@ class StreamingSession:
                 self._on_result(data["result"])
             elif kind == "transcription_complete":
                 # The server finished everything this connection sent.
-                self._ack(self._sent)
-                if self._stop_requested and self._sent >= self._written:
+                self._buffer.ack(self._buffer.sent)
+                if self._stop_requested and self._buffer.backlog <= 0:
                     return True
                 if self._config.wire.get("singleUtterance") and self._finals:
                     return True
@@ -312,48 +292,10 @@ class StreamingSession:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _on_result(self, body: dict[str, Any]) -> None:
-        offset_s = self._base / self._bps
-        result = StreamingResult.from_wire(body, offset_s=offset_s, index=len(self._finals))
+        buffer = self._buffer
+        result = StreamingResult.from_wire(body, offset_s=buffer.base_s, index=len(self._finals))
         if result.is_final:
             self._finals.append(Segment(result.index, result.transcript, result.start_s, result.end_s,
                                         result.confidence))
-            end = self._base + round(float(body["end_s"]) * self._config.sample_rate) * self._sample
-            self._ack(end)
+            buffer.ack(buffer.base + buffer.bytes_at(float(body["end_s"])))
         self._feed.publish(result)
-
-    def _ack(self, offset: int) -> None:
-        """The server is done with the audio before `offset`: it need not be resent."""
-        offset = min(max(offset, self._acked), self._sent)
-        self._at_risk = [(max(a, offset), b) for a, b in self._at_risk if b > offset]
-        if offset > self._acked:
-            del self._audio[:offset - self._acked]
-            self._acked = offset
-
-    def _trim_to_bound(self) -> None:
-        limit = int(self._config.max_buffer_s * self._config.sample_rate) * self._sample
-        excess = len(self._audio) - limit
-        if excess <= 0:
-            return
-        drop_to = self._acked + excess
-        sent_end = min(drop_to, self._sent) if self._ws is not None else self._acked
-        if sent_end > self._acked:
-            _add_span(self._at_risk, self._acked, sent_end)
-        if drop_to > sent_end:
-            _add_span(self._lost, sent_end, drop_to)
-            log.warning("the resend buffer is full: %.2f s of audio will not be transcribed",
-                        (drop_to - sent_end) / self._bps)
-        del self._audio[:excess]
-        self._acked = drop_to
-
-    def _pending_spans(self) -> tuple[AudioSpan, ...]:
-        spans = list(self._lost) + list(self._at_risk)
-        if self._written > self._acked:
-            spans.append((self._acked, self._written))
-        return tuple(AudioSpan(round(a / self._bps, 3), round(b / self._bps, 3)) for a, b in sorted(spans))
-
-
-def _add_span(spans: list[tuple[int, int]], start: int, end: int) -> None:
-    if spans and spans[-1][1] == start:
-        spans[-1] = (spans[-1][0], end)
-    else:
-        spans.append((start, end))

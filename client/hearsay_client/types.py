@@ -11,10 +11,12 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class AudioSpan:
-    """A stretch of session audio, in seconds from the session's start."""
+    """A stretch of session audio, in seconds from the session's start (for a meeting, of
+    meeting time, and `speaker` says whose audio it is)."""
 
     start_s: float
     end_s: float
+    speaker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +155,13 @@ class SpeakerSummary:
 
 @dataclass(frozen=True, slots=True)
 class MeetingSummary:
-    """What `MeetingSession.finalize()` returns: every participant's finals merged in time order."""
+    """What `MeetingSession.finalize()` returns: every participant's finals merged in time order
+    (across reconnects), and any participant's audio that could not be transcribed."""
 
     meeting_id: str
     full_transcript: str
     speakers: tuple[SpeakerSummary, ...]
     segments: tuple[Segment, ...] = field(default_factory=tuple)
     duration: float = 0.0
+    untranscribed: tuple[AudioSpan, ...] = ()
+    reconnects: int = 0
