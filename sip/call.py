@@ -23,6 +23,7 @@ import pjsua2 as pj
 from app.calls.info import EndReason
 from sip.screen import Offer
 from sip.types import SAMPLE_RATE, TransferReport
+from sip.vectors import vector_reader
 
 log = logging.getLogger("hearsay.sip")
 
@@ -59,6 +60,7 @@ class FrameTap(pj.AudioMediaPort):
         super().__init__()
         self.events = events
         self.frames = 0
+        self._read = vector_reader()
 
     def open(self, name: str) -> None:
         fmt = pj.MediaFormatAudio()
@@ -70,7 +72,7 @@ class FrameTap(pj.AudioMediaPort):
             events = self.events
             if events is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size:
                 self.frames += 1
-                events.audio(bytes(frame.buf))
+                events.audio(self._read(frame.buf))
         except Exception:
             log.exception("the media tap failed to hand over a frame")
 
