@@ -201,7 +201,16 @@ def format_summary(name: str, s: Mapping[str, Any]) -> str:
             f"{s['utterances_missed']} missed)\n"
             f"  WER {s['wer']}{_alone(s)}   service CPU {s['service_cpu_percent']}% of one core, peak RSS "
             f"{s['service_peak_rss_mb']} MB   load generator CPU {s['load_cpu_percent']}%   "
-            f"dropped frames {s['dropped_frames']}")
+            f"dropped frames {s['dropped_frames']}" + _inside(s))
+
+
+def _inside(s: Mapping[str, Any]) -> str:
+    if "inside_p50_ms_at_most" not in s:
+        return ""
+    return (f"\n  inside the service (its clock; histogram bucket bounds): last audio -> outbox p50 <= "
+            f"{s['inside_p50_ms_at_most']} ms, p95 <= {s['inside_p95_ms_at_most']} ms; recognizer compute p50 <= "
+            f"{s['compute_p50_ms_at_most']}, p95 <= {s['compute_p95_ms_at_most']} ms; silence waits and queueing "
+            f"p50 <= {s['waits_p50_ms_at_most']}, p95 <= {s['waits_p95_ms_at_most']} ms")
 
 
 def _alone(s: Mapping[str, Any]) -> str:

@@ -128,6 +128,31 @@ class ServedService:
     async def dropped_frames(self, source: str) -> int:
         return int(await self.counter("hearsay_dropped_frames_total", source=source))
 
+    async def histogram_ms(self, name: str, wanted: tuple[int, ...]) -> tuple[float | None, ...]:
+        """For each percentile of a `/metrics` histogram (all its label sets together), the
+        upper bound (ms) of the bucket it falls in."""
+        buckets: dict[float, float] = {}
+        for line in (await self.get("/metrics")).splitlines():
+            if line.startswith(name + "_bucket{"):
+                le = float(line.split('le="', 1)[1].split('"', 1)[0])
+                buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+        ordered = sorted(buckets.items())
+        total = ordered[-1][1] if ordered else 0.0
+        if not total:
+            return tuple(None for _ in wanted)
+        return tuple(next(round(le * 1000, 1) for le, count in ordered if count >= total * p / 100) for p in wanted)
+
+    async def inside_latency(self) -> dict[str, float | None]:
+        """Where the time went inside the service, by its own clock (bucket upper bounds, ms):
+        last audio received -> final in the outbox, and of that the recognizer's compute and
+        the rest (silence the VAD and the turn policy wait for, and queueing)."""
+        out: dict[str, float | None] = {}
+        for key, name in (("inside", "hearsay_end_to_end_latency_seconds"),
+                          ("compute", "hearsay_asr_latency_seconds"), ("waits", "hearsay_vad_latency_seconds")):
+            p50, p95 = await self.histogram_ms(name, (50, 95))
+            out[f"{key}_p50_ms_at_most"], out[f"{key}_p95_ms_at_most"] = p50, p95
+        return out
+
 
 @contextlib.asynccontextmanager
 async def served(config: str, overrides: Mapping[str, Mapping[str, Any]], *, match: str, interim: bool = False,

@@ -84,8 +84,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         outcomes = await asyncio.gather(*(_caller(service, plan, args.port) for plan in plans))
         usage = window.close()
         dropped = await service.dropped_frames("sip")
-        bridge = _bucket_percentiles(await service.get("/metrics"), "hearsay_sip_bridge_latency_seconds", (50, 95))
-    return {**score(outcomes, service.consumer.events, arrivals), **usage, "dropped_frames": dropped,
+        bridge = await service.histogram_ms("hearsay_sip_bridge_latency_seconds", (50, 95))
+        inside = await service.inside_latency()
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, **inside, "dropped_frames": dropped,
             "bridge_p50_ms_at_most": bridge[0], "bridge_p95_ms_at_most": bridge[1], "max_calls": max_calls}
 
 
@@ -118,16 +119,3 @@ def _monotonic(stamp: str) -> float:
     """A `created_at` (UTC, ms) on this process's monotonic clock."""
     wall = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     return wall - (time.time() - time.monotonic())
-
-
-def _bucket_percentiles(metrics: str, name: str, wanted: tuple[int, ...]) -> tuple[float | None, ...]:
-    """For each percentile, the upper bound (ms) of the histogram bucket it falls in."""
-    buckets = []
-    for line in metrics.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    total = buckets[-1][1] if buckets else 0.0
-    if not total:
-        return tuple(None for _ in wanted)
-    return tuple(next(round(le * 1000, 1) for le, count in buckets if count >= total * p / 100) for p in wanted)

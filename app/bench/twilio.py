@@ -65,8 +65,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         window = service.window()
         outcomes = await asyncio.gather(*(_call(service.http, plan, service.consumer) for plan in plans))
         usage = window.close()
+        inside = await service.inside_latency()
         dropped = await service.dropped_frames("twilio")
-    return {**score(outcomes, service.consumer.events, arrivals), **usage, "dropped_frames": dropped}
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, **inside, "dropped_frames": dropped}
 
 
 async def _call(host: str, plan: CallerPlan, consumer: WebhookConsumer) -> CallOutcome:
