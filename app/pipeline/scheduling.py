@@ -6,7 +6,9 @@
   streams, run as batches on one thread of their own.
 - `AsrScheduler`: a priority queue in front of `[asr] workers` threads. Finals go before
   interims (`Priority`), and jobs waiting together run as one batch (calls that stop talking
-  at the same moment cost little more than one).
+  at the same moment cost little more than one). Only the first worker runs interims: a
+  batch cannot be interrupted, so with two or more workers a final never waits for interims
+  to finish.
 
 The engine makes one of each and owns them: `start()` binds them to the running event loop
 (again when a later stream runs on another loop), `aclose()` stops their tasks and `close()`
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -210,13 +213,43 @@ class _Job:
     prompt: str | None = field(default=None, compare=False)  # the stream's vocabulary
 
 
+class _JobQueue:
+    """Queued jobs, lowest (priority, seq) first; a worker may ask for finals only."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Job] = []
+        self._arrived = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def put(self, job: _Job) -> None:
+        heapq.heappush(self._heap, job)
+        self._arrived.set()
+
+    def take(self, finals_only: bool) -> _Job | None:
+        """The first job still wanted (withdrawn ones are dropped), or None."""
+        while self._heap and self._heap[0].future.done():
+            heapq.heappop(self._heap)
+        if self._heap and (not finals_only or self._heap[0].priority is Priority.FINAL):
+            return heapq.heappop(self._heap)
+        return None
+
+    async def get(self, finals_only: bool) -> _Job:
+        while (job := self.take(finals_only)) is None:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return job
+
+
 class AsrScheduler:
-    """Recognition jobs of all streams, by priority, on `workers` threads, batched where they can be."""
+    """Recognition jobs of all streams, by priority, on `workers` threads, batched where they
+    can be. Worker 0 takes any job; the others take finals only (module doc)."""
 
     def __init__(self, workers: int) -> None:
         self._workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="asr")
-        self._jobs: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
+        self._jobs = _JobQueue()
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -225,8 +258,9 @@ class AsrScheduler:
         loop = asyncio.get_running_loop()
         if self._tasks and self._tasks[0].get_loop() is loop and not any(t.done() for t in self._tasks):
             return
-        self._jobs = asyncio.PriorityQueue()
-        self._tasks = [loop.create_task(self._work(), name=f"asr-{i}") for i in range(self._workers)]
+        self._jobs = _JobQueue()
+        self._tasks = [loop.create_task(self._work(finals_only=i > 0), name=f"asr-{i}")
+                       for i in range(self._workers)]
 
     def submit(self, priority: Priority, audio: np.ndarray, recognizer: Recognizer,
                language: str | None, words: bool, prompt: str | None = None) -> asyncio.Future[Recognition]:
@@ -234,7 +268,7 @@ class AsrScheduler:
         job if it has not started (a job that has started still runs, its result unused).
         Finals come back with Whisper's `sentence_end` (the end-of-turn policy reads it)."""
         future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
-        self._jobs.put_nowait(_Job(priority, next(self._seq), audio, recognizer, language, words, future, prompt))
+        self._jobs.put(_Job(priority, next(self._seq), audio, recognizer, language, words, future, prompt))
         return future
 
     async def aclose(self) -> None:
@@ -249,12 +283,10 @@ class AsrScheduler:
         """Stop the recognition threads (blocking); after `aclose()`."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    async def _work(self) -> None:
+    async def _work(self, finals_only: bool) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            job = await self._jobs.get()
-            if job.future.done():  # cancelled while queued
-                continue
+            job = await self._jobs.get(finals_only)
             batch = [job, *self._take_batchable(job)]
             try:
                 results = await loop.run_in_executor(
@@ -276,11 +308,11 @@ class AsrScheduler:
         other: list[_Job] = []
         # Take only this worker's share of the queue: a batch costs about three quarters of
         # its utterances one by one, so two workers each doing half beat one doing all.
-        share = -(-(self._jobs.qsize() + 1) // self._workers)
-        while len(taken) < min(_MAX_BATCH, share) - 1 and not self._jobs.empty():
-            job = self._jobs.get_nowait()
-            if job.future.done():
-                continue
+        share = -(-(len(self._jobs) + 1) // self._workers)
+        while len(taken) < min(_MAX_BATCH, share) - 1:
+            job = self._jobs.take(finals_only=first.priority is Priority.FINAL)
+            if job is None:
+                break
             if job.priority != first.priority:
                 other.append(job)  # the queue is ordered: nothing of first's priority is left
                 break
@@ -288,5 +320,5 @@ class AsrScheduler:
                     == (first.recognizer, first.language, first.words, first.prompt))
             (taken if same else other).append(job)
         for job in other:
-            self._jobs.put_nowait(job)
+            self._jobs.put(job)
         return taken
