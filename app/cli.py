@@ -16,7 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("app.serve", "run the service (HTTP/WebSocket, SIP)"),
     "transcribe": ("app.transcribe", "transcribe an audio file through the live pipeline"),
-    "bench": ("app.bench", "run a benchmark (engine, stream, twilio, sip, talkback, soak)"),
+    "bench": ("app.bench", "run a benchmark (engine, pauses, stream, twilio, sip, talkback, soak, progressive)"),
     "outbox": ("app.delivery.outbox_cli", "inspect and manage the webhook outbox"),
     "twilio-sim": ("app.sim.twilio", "replay a WAV file as a Twilio Media Stream"),
     "say": ("app.say", "speak a text with a talk-back voice into a WAV file"),

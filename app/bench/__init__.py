@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = {
     "engine": "app.bench.engine",
+    "pauses": "app.bench.pauses",
     "stream": "app.bench.stream",
     "twilio": "app.bench.twilio",
     "sip": "app.bench.sip",

@@ -116,7 +116,7 @@ def telephone(audio: np.ndarray, tail_s: float) -> bytes:
 
 async def _bench(engine: SpeechEngine, sets: list[DevSet], speech_dir: Path, realtime: bool) -> dict[str, object]:
     for item in sets[0].items[:2]:  # warm-up
-        await _stream(engine, telephone(item.audio, TAIL_S))
+        await stream_ulaw(engine, telephone(item.audio, TAIL_S))
     report: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
     for dev in sets:
@@ -132,7 +132,7 @@ async def _bench_set(engine: SpeechEngine, dev: DevSet, realtime: bool) -> dict[
     for item in dev.items:
         ulaw = telephone(item.audio, TAIL_S)
         began = time.perf_counter()
-        results, _ = await _stream(engine, ulaw)
+        results, _ = await stream_ulaw(engine, ulaw)
         hearsay.wall_s += time.perf_counter() - began
         hearsay.audio_s += len(ulaw) / 8000
         finals = [t for t in results if t.is_final]
@@ -146,7 +146,7 @@ async def _bench_set(engine: SpeechEngine, dev: DevSet, realtime: bool) -> dict[
             "false_cuts": cuts, "realtime": live}
 
 
-async def _stream(engine: SpeechEngine, ulaw: bytes, pace: bool = False) -> tuple[list[Transcript], float]:
+async def stream_ulaw(engine: SpeechEngine, ulaw: bytes, pace: bool = False) -> tuple[list[Transcript], float]:
     """Stream one clip; returns the results and the monotonic time its audio started."""
     stream = engine.stream(AudioFormat(Encoding.MULAW, 8000), interim_results=pace)
     results: list[Transcript] = []
@@ -196,7 +196,7 @@ async def _false_cuts(engine: SpeechEngine, sentences: list[Item]) -> dict[str, 
             continue
         counted += 1
         for pause, audio in zip(PAUSES_S, variants, strict=True):
-            results, _ = await _stream(engine, telephone(audio, TURN_TAIL_S))
+            results, _ = await stream_ulaw(engine, telephone(audio, TURN_TAIL_S))
             if sum(t.is_final for t in results) > 1:
                 split[pause].append(item.id)
     return {f"{int(p * 1000)}ms": {"sentences": counted, "split": len(ids),
@@ -209,7 +209,7 @@ async def _no_words(engine: SpeechEngine, speech_dir: Path) -> tuple[int, int]:
     noise = resample_whole(load_wav(speech_dir / "noise-dishes.wav"), 16000, 8000)
     counts = []
     for ulaw in (silence, encode(noise, Encoding.MULAW)):
-        results, _ = await _stream(engine, ulaw)
+        results, _ = await stream_ulaw(engine, ulaw)
         counts.append(sum(len(t.text.split()) for t in results if t.is_final))
     return counts[0], counts[1]
 
@@ -217,7 +217,7 @@ async def _no_words(engine: SpeechEngine, speech_dir: Path) -> tuple[int, int]:
 async def _realtime(engine: SpeechEngine, items: list[Item]) -> dict[str, object]:
     first_interim, latency = [], []
     for item in items:
-        results, start = await _stream(engine, telephone(item.audio, TURN_TAIL_S), pace=True)
+        results, start = await stream_ulaw(engine, telephone(item.audio, TURN_TAIL_S), pace=True)
         interims = [t for t in results if not t.is_final]
         finals = [t for t in results if t.is_final]
         if interims:

@@ -75,6 +75,8 @@ from app.pipeline.vad import (
 from app.settings import TurnSettings
 
 log = logging.getLogger(__name__)
+JUDGED_LOG = "hearsay.turns"  # one DEBUG record per judged pause (EngineStream._judge)
+judged_log = logging.getLogger(JUDGED_LOG)
 
 
 class EngineStream:
@@ -241,7 +243,8 @@ class EngineStream:
                 self._speculation = (event.end_s, self._submit(Priority.FINAL, event.audio))
                 if self._turns is not None:
                     self._verdict = asyncio.get_running_loop().create_task(
-                        self._judge(self._turns, event.audio, self._speculation[1]), name="turn-verdict")
+                        self._judge(self._turns, event.audio, self._speculation[1], event.end_s),
+                        name="turn-verdict")
                 self._announce(SpeechEventKind.PAUSED, event.end_s)
             elif isinstance(event, SpeechResumed):
                 self._drop_speculation()
@@ -259,9 +262,11 @@ class EngineStream:
                 self._index += 1
 
     async def _judge(self, turns: TurnBatcher, audio: np.ndarray,
-                     speculation: asyncio.Future[Recognition]) -> float:
+                     speculation: asyncio.Future[Recognition], at_s: float) -> float:
         """Seconds of silence that end the turn paused in `audio` (which runs `speech_pad_ms`
-        past the end of speech)."""
+        past the end of speech, at `at_s`). Each verdict is logged at DEBUG on `JUDGED_LOG`
+        with its inputs (`at_s`, `turn_probability`, `sentence_end` in the record), which is
+        how `bench pauses` reads them."""
         s = self._turn_settings
         # The model hears only `probe_trim_ms` after the speech: with more trailing silence
         # it calls mid-sentence pauses finished far more often.
@@ -275,9 +280,10 @@ class EngineStream:
         if probability >= s.complete_threshold:
             # Only a "finished" score needs Whisper's view; the final needs its words anyway.
             await asyncio.wait([speculation])
-            if not speculation.cancelled() and speculation.exception() is None:
-                sentence_end = speculation.result().sentence_end
-        log.debug("pause judged: turn model %.3f, sentence end %s", probability, sentence_end)
+            sentence_end = _sentence_end(speculation)
+        judged_log.debug("pause at %.2f s judged: turn model %.3f, sentence end %s", at_s, probability,
+                         sentence_end, extra={"at_s": at_s, "turn_probability": probability,
+                                              "sentence_end": sentence_end})
         return end_after_s(probability, sentence_end, s, self._vad.settings.min_silence_ms / 1000)
 
     def _announce(self, kind: SpeechEventKind, at_s: float) -> None:
@@ -360,3 +366,10 @@ class EngineStream:
                     self._results.put_nowait(transcript)
         finally:
             self._results.put_nowait(None)
+
+
+def _sentence_end(recognition: asyncio.Future[Recognition]) -> float | None:
+    """Whisper's sentence-end probability from a finished recognition, or None."""
+    if recognition.cancelled() or recognition.exception() is not None:
+        return None
+    return recognition.result().sentence_end
