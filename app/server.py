@@ -52,7 +52,6 @@ from app.keys import (
     SETTINGS,
     TALKBACK,
 )
-from app.memory import trim_heap_ctx
 from app.metrics import CONTENT_TYPE, Metrics
 from app.pipeline.quality import QualityThresholds
 from app.settings import Settings
@@ -91,7 +90,6 @@ def create_app(settings: Settings, *, engine: SpeechEngine | None = None) -> web
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_calls_ctx)
-    app.cleanup_ctx.append(trim_heap_ctx)
     app.on_shutdown.append(_end_calls)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
