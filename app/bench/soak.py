@@ -6,8 +6,9 @@ moment later (0-1 s), with the next clips of the pool, until M minutes have pass
 last calls finish. Every minute it reports the clips whose speech ended in that minute
 (end of speech -> webhook p50/p95/max), calls completed, the service's resident memory and
 its open file descriptors. At the end: finals lost (clips no final covers, and calls with no
-`call.ended`), RSS growth after the first five minutes (or the first minute in a shorter run),
-and whether the fd count stayed flat.
+`call.ended`), RSS growth after the first five minutes (or the first minute in a shorter run)
+and over the second half (the service's memory warms up for 10-20 minutes at 24 callers, then
+stays flat), and whether the fd count stayed flat.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def _summarise(outcomes: list[CallOutcome], events: list[dict[str, Any]], arriva
         minutes.append({"minute": m + 1, "clips": len(lat), **percentiles_ms(lat),
                         "rss_mb": sample.get("rss_mb"), "open_fds": sample.get("open_fds")})
     base = minutes[min(BASELINE_MINUTE, len(minutes)) - 1]
+    half = minutes[(len(minutes) - 1) // 2]  # the service's memory warms up for 10-20 minutes
     last = samples[-1]
     return {
         "baseline_minute": base["minute"],
@@ -136,6 +138,7 @@ def _summarise(outcomes: list[CallOutcome], events: list[dict[str, Any]], arriva
         "clips": len(clips), "finals_lost": sum(lat is None for _, lat in clips),
         **percentiles_ms([lat for _, lat in clips if lat is not None]),
         "rss_growth_percent": round(100 * (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"], 1),
+        "rss_growth_second_half_percent": round(100 * (last["rss_mb"] - half["rss_mb"]) / half["rss_mb"], 1),
         "fds_at_baseline": base["open_fds"], "fds_at_end": last["open_fds"],
         "per_minute": minutes,
     }
@@ -146,7 +149,8 @@ def _print(s: dict[str, Any]) -> None:
           f"calls without call.ended {s['calls_without_end']}")
     print(f"  end of speech -> webhook: p50 {s['latency_p50_ms']} ms, p95 {s['latency_p95_ms']} ms, "
           f"max {s['latency_max_ms']} ms")
-    print(f"  RSS growth after minute {s['baseline_minute']}: {s['rss_growth_percent']} %   open fds "
+    print(f"  RSS growth after minute {s['baseline_minute']}: {s['rss_growth_percent']} % (over the second half: "
+          f"{s['rss_growth_second_half_percent']} %)   open fds "
           f"{s['fds_at_baseline']} -> {s['fds_at_end']}")
     print("  minute  clips  p50  p95  max (ms)  RSS MB  fds")
     for m in s["per_minute"]:
