@@ -30,10 +30,8 @@ Until a new participant's join is answered (after a reconnect, if one is under w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,25 +40,14 @@ import aiohttp
 from hearsay_client._meeting_summary import by_time as _by_time
 from hearsay_client._meeting_summary import merged_summary
 from hearsay_client._resend import ResendBuffer, reconnect
-from hearsay_client._results import Callback, ResultFeed
+from hearsay_client._session import FATAL_CODES, FRAME_BYTES, SEND_AHEAD_S, ReconnectingSession
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig, participant_spec
-from hearsay_client.errors import (
-    ConfigError,
-    ConnectionLostError,
-    HearsayError,
-    InvalidAudioError,
-    SessionClosedError,
-    SessionError,
-)
+from hearsay_client.errors import ConfigError, ConnectionLostError, InvalidAudioError, SessionClosedError
 from hearsay_client.types import AudioSpan, MeetingSummary, Segment, SpeakerSummary, StreamingResult
 
 log = logging.getLogger("hearsay_client")
 
-START_TIMEOUT_S = 30.0
-FRAME_BYTES = 32_000  # most audio in one binary frame (1 s of 16 kHz LINEAR16)
-SEND_AHEAD_S = 4.0  # send_audio waits while more than this of someone's audio is queued
-_FATAL_CODES = {"session_too_long", "message_too_large"}  # the server ends the meeting after these
 _JOIN_CODES = {"unknown_model", "invalid_config", "duplicate_participant", "too_many_participants"}
 
 
@@ -85,16 +72,16 @@ class _Participant:
         return (self.offset_s or 0.0) + self.buffer.written / bytes_per_s
 
 
-class MeetingSession:
+class MeetingSession(ReconnectingSession):
     """One meeting (see the module doc). Made by `client.streaming.create_meeting_session()`;
-    use it from one event loop."""
+    use it from one event loop. `stream()` (every participant's results, `speaker_id` says
+    whose, finals in meeting-time order), `on_result()`, `close()`, `session_id` and
+    `connected` are `ReconnectingSession`'s."""
+
+    _kind = "meeting"
 
     def __init__(self, transport: Transport, config: StreamingConfig) -> None:
-        self._transport = transport
-        self._config = config
-        self._sample = config.bytes_per_sample
-        self._bps = config.bytes_per_s
-        self._feed: ResultFeed[StreamingResult] = ResultFeed()
+        super().__init__(transport, config)
         self._people: dict[str, _Participant] = {}
         for spec in config.wire["participants"]:
             self._people[spec["id"]] = self._participant(spec)
@@ -102,32 +89,11 @@ class MeetingSession:
         self._joining: dict[str, asyncio.Future[str]] = {}
         self._finals: list[StreamingResult] = []  # every final, across reconnects
         self._index_base = 0  # finals before the current server meeting's
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._connected = asyncio.Event()  # set while a connection carries the meeting, and at its end
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._stop_requested = False
         self._stop_sent = False
         self._left_sent: set[str] = set()
-        self._closed = False
-        self._fatal: HearsayError | None = None
         self._summary: dict[str, Any] = {}  # the last server meeting's meeting_complete
-        self._runner: asyncio.Task[None] | None = None
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.meeting_id = str(config.wire.get("meetingId", ""))
-        self.server_sessions: list[str] = []  # the server's sessionId of each connection
-        self.reconnects = 0
-
-    @property
-    def session_id(self) -> str:
-        """The server's id for the first connection of this meeting."""
-        return self.server_sessions[0] if self.server_sessions else ""
-
-    @property
-    def connected(self) -> bool:
-        """Whether a connection carries the meeting now (False from a drop to its reconnect)."""
-        return self._ws is not None
 
     @property
     def untranscribed(self) -> tuple[AudioSpan, ...]:
@@ -205,16 +171,6 @@ class MeetingSession:
             self._room.clear()
             await self._room.wait()
 
-    async def stream(self) -> AsyncIterator[StreamingResult]:
-        """Every participant's results (`speaker_id` says whose), finals in meeting-time order;
-        raises the meeting's error (e.g. ConnectionLostError) after the last result if it failed."""
-        async for result in self._feed.stream():
-            yield result
-
-    def on_result(self, callback: Callback[StreamingResult]) -> None:
-        """Call `callback(result)` for every result from now on (as `StreamingSession.on_result`)."""
-        self._feed.add_callback(callback)
-
     async def finalize(self) -> MeetingSummary:
         """End the meeting: every participant's last words, merged (across reconnects)."""
         if self._closed:
@@ -228,28 +184,6 @@ class MeetingSession:
         if not self.reconnects:
             return self._server_summary(self._summary)
         return merged_summary(self.meeting_id, self._finals, self._speakers(), self.untranscribed, self.reconnects)
-
-    async def close(self) -> None:
-        """Stop at once (without waiting for the last finals); idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        if self._ws is not None:
-            await self._ws.close()
-        if not self._done.done():
-            self._done.set_exception(SessionClosedError("the meeting was closed"))
-            self._done.exception()  # retrieved: nobody may be waiting
-        await self._feed.aclose()
-
-    async def __aenter__(self) -> MeetingSession:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def _check_open(self) -> None:
         if self._closed or self._stop_requested:
@@ -286,27 +220,13 @@ class MeetingSession:
     async def _connect(self) -> None:
         # Someone who left is back only while the server owes them finals; they leave again.
         specs = [self._rejoin_spec(p) for p in self._people.values() if not p.leaving or p.buffer.unacked]
+        # The server names a meeting that has no id; a reconnect keeps that name.
+        config = {**self._config.wire, "participants": specs}
+        if self.meeting_id:
+            config["meetingId"] = self.meeting_id
         ws = await self._transport.websocket("/v1/meetings")
-        try:
-            # The server names a meeting that has no id; a reconnect keeps that name.
-            config = {**self._config.wire, "participants": specs}
-            if self.meeting_id:
-                config["meetingId"] = self.meeting_id
-            await ws.send_json({"type": "start_meeting", "config": config})
-            msg = await ws.receive(timeout=START_TIMEOUT_S)
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                raise ConnectionLostError("the server closed the connection before the meeting started "
-                                          f"({ws.close_code})")
-            data = json.loads(msg.data)
-            if data.get("type") == "error":
-                raise error_from_wire(str(data.get("code", "")), str(data.get("message", "")))
-            if data.get("type") != "meeting_started":
-                raise SessionError(f"unexpected first message {data.get('type')!r}", "protocol")
-        except BaseException:
-            await ws.close()
-            raise
+        data = await self._handshake(ws, {"type": "start_meeting", "config": config}, "meeting_started")
         self.meeting_id = str(data.get("meetingId", self.meeting_id))
-        self.server_sessions.append(str(data.get("sessionId", "")))
         self._present = {s["id"] for s in specs}
         for person in self._people.values():
             person.buffer.restart()
@@ -348,25 +268,8 @@ class MeetingSession:
         self._finish(None)
 
     def _finish(self, error: BaseException | None) -> None:
-        self._room.set()
-        if not self._done.done():
-            if error is None:
-                self._done.set_result(None)
-            else:
-                self._done.set_exception(error)
         self._connected.set()  # wakes whoever waits for a connection, to see the end
-        self._feed.end(error)
-
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Send and receive on one connection until it ends; True when the meeting is complete."""
-        self._wake.set()  # send what is buffered (after a reconnect: everything not yet finished)
-        sender = asyncio.create_task(self._send_loop(ws), name="hearsay-meeting-send")
-        try:
-            return await self._receive_loop(ws)
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
-                await sender
+        super()._finish(error)
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -470,7 +373,7 @@ class MeetingSession:
         pending = [w for w in self._joining.values() if not w.done()]
         if pending and code in _JOIN_CODES:
             pending[0].set_exception(ConfigError(message, code))
-        elif code in _FATAL_CODES:
+        elif code in FATAL_CODES:
             self._fatal = failure
         else:
             log.warning("meeting error %s: %s", code, message)

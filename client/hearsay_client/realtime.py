@@ -19,68 +19,31 @@ reconnect loop are `_resend`'s, shared with the meeting session.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from hearsay_client._resend import ResendBuffer, reconnect
-from hearsay_client._results import Callback, ResultFeed
+from hearsay_client._session import FATAL_CODES, FRAME_BYTES, SEND_AHEAD_S, ReconnectingSession
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig
-from hearsay_client.errors import (
-    ConnectionLostError,
-    HearsayError,
-    InvalidAudioError,
-    SessionClosedError,
-    SessionError,
-)
+from hearsay_client.errors import ConnectionLostError, InvalidAudioError, SessionClosedError
 from hearsay_client.types import AudioSpan, FinalTranscript, Segment, StreamingResult
 
 log = logging.getLogger("hearsay_client")
 
-START_TIMEOUT_S = 30.0
-FRAME_BYTES = 32_000  # largest binary frame sent (1 s of 16 kHz LINEAR16)
-SEND_AHEAD_S = 4.0  # send_audio waits while more than this is queued on a live connection
-_FATAL_CODES = {"session_too_long", "message_too_large"}  # the server ends the session after these
 
-
-class StreamingSession:
+class StreamingSession(ReconnectingSession):
     """One real-time transcription session (see the module doc). Made by
-    `client.streaming.create_session()`; use it from one event loop."""
+    `client.streaming.create_session()`; use it from one event loop. `stream()`, `on_result()`,
+    `close()`, `session_id` and `connected` are `ReconnectingSession`'s."""
 
     def __init__(self, transport: Transport, config: StreamingConfig) -> None:
-        self._transport = transport
-        self._config = config
-        self._bps = config.bytes_per_s
-        self._sample = config.bytes_per_sample
-        self._feed: ResultFeed[StreamingResult] = ResultFeed()
+        super().__init__(transport, config)
         self._finals: list[Segment] = []
-        self.server_sessions: list[str] = []  # the server's sessionId of each connection
         self._buffer = ResendBuffer(config.sample_rate, self._sample, config.max_buffer_s)
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._stop_requested = False
-        self._closed = False
-        self._fatal: HearsayError | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.reconnects = 0
-
-    @property
-    def session_id(self) -> str:
-        """The server's id for the first connection of this session."""
-        return self.server_sessions[0] if self.server_sessions else ""
-
-    @property
-    def connected(self) -> bool:
-        """Whether a connection carries the session now (False from a drop to its reconnect)."""
-        return self._ws is not None
 
     @property
     def duration_s(self) -> float:
@@ -120,17 +83,6 @@ class StreamingSession:
             self._room.clear()
             await self._room.wait()
 
-    async def stream(self) -> AsyncIterator[StreamingResult]:
-        """Interim and final results in order, until the session ends; raises the session's
-        error (e.g. ConnectionLostError) after the last result if it failed."""
-        async for result in self._feed.stream():
-            yield result
-
-    def on_result(self, callback: Callback[StreamingResult]) -> None:
-        """Call `callback(result)` for every result from now on (a plain function or a
-        coroutine function; called in order, on the SDK's task)."""
-        self._feed.add_callback(callback)
-
     async def finalize(self) -> FinalTranscript:
         """End of audio: wait for the last finals and return the whole transcript."""
         if self._closed:
@@ -146,47 +98,12 @@ class StreamingSession:
                                duration=round(self.duration_s, 3), untranscribed=self.untranscribed,
                                reconnects=self.reconnects)
 
-    async def close(self) -> None:
-        """Stop at once (without waiting for the last finals); idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        if self._ws is not None:
-            await self._ws.close()
-        if not self._done.done():
-            self._done.set_exception(SessionClosedError("the session was closed"))
-            self._done.exception()  # retrieved: nobody may be waiting
-        await self._feed.aclose()
-
-    async def __aenter__(self) -> StreamingSession:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         ws = await self._transport.websocket("/v1/stream")
-        try:
-            await ws.send_json({"type": "start_transcription", "config": self._config.wire})
-            msg = await ws.receive(timeout=START_TIMEOUT_S)
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                raise ConnectionLostError(f"the server closed the connection before the session started "
-                                          f"({msg.type.name} {ws.close_code})")
-            data = json.loads(msg.data)
-            if data.get("type") == "error":
-                raise error_from_wire(str(data.get("code", "")), str(data.get("message", "")))
-            if data.get("type") != "transcription_started":
-                raise SessionError(f"unexpected first message {data.get('type')!r}", "protocol")
-            self.server_sessions.append(str(data.get("sessionId", "")))
-        except BaseException:
-            await ws.close()
-            raise
+        await self._handshake(ws, {"type": "start_transcription", "config": self._config.wire},
+                              "transcription_started")
         self._buffer.restart()
         return ws
 
@@ -224,26 +141,6 @@ class StreamingSession:
             self._finish(exc)
             return
         self._finish(None)
-
-    def _finish(self, error: BaseException | None) -> None:
-        self._room.set()
-        if not self._done.done():
-            if error is None:
-                self._done.set_result(None)
-            else:
-                self._done.set_exception(error)
-        self._feed.end(error)
-
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Send and receive on one connection until it ends; True when the session is complete."""
-        self._wake.set()  # send what is buffered (after a reconnect: everything not yet acknowledged)
-        sender = asyncio.create_task(self._send_loop(ws), name="hearsay-send")
-        try:
-            return await self._receive_loop(ws)
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
-                await sender
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         stop_sent = False
@@ -283,7 +180,7 @@ class StreamingSession:
                     return True
             elif kind == "error":
                 code, message = str(data.get("code", "")), str(data.get("message", ""))
-                if code in _FATAL_CODES:
+                if code in FATAL_CODES:
                     self._fatal = error_from_wire(code, message)
                 else:
                     log.warning("server error %s: %s", code, message)

@@ -1,0 +1,147 @@
+"""What a real-time session and a meeting share: one WebSocket at a time carrying the session
+(replaced after a drop by the subclass's reconnect), a sender and a receiver per connection,
+the results feed, and how the session ends (`_finish`) or is closed (`close`).
+
+A subclass says what its server session is (`_kind`, the start message and the first answer
+it expects, through `_handshake`) and provides `_run` (the connection loop), `_send_loop` and
+`_receive_loop` (one connection's two halves; the receiver returns True when the session is
+complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Self
+
+import aiohttp
+
+from hearsay_client._results import Callback, ResultFeed
+from hearsay_client._transport import Transport, error_from_wire
+from hearsay_client.config import StreamingConfig
+from hearsay_client.errors import ConnectionLostError, HearsayError, SessionClosedError, SessionError
+from hearsay_client.types import StreamingResult
+
+START_TIMEOUT_S = 30.0
+FRAME_BYTES = 32_000  # most audio in one binary frame (1 s of 16 kHz LINEAR16)
+SEND_AHEAD_S = 4.0  # send_audio waits while more than this is queued on a live connection
+FATAL_CODES = {"session_too_long", "message_too_large"}  # the server ends the session after these
+
+
+class ReconnectingSession:
+    """The connection-carrying half of a session (module doc); use it from one event loop."""
+
+    _kind = "session"  # how messages name it ("session", "meeting")
+
+    def __init__(self, transport: Transport, config: StreamingConfig) -> None:
+        self._transport = transport
+        self._config = config
+        self._sample = config.bytes_per_sample
+        self._bps = config.bytes_per_s
+        self._feed: ResultFeed[StreamingResult] = ResultFeed()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._wake = asyncio.Event()  # the sender has something to send
+        self._room = asyncio.Event()  # send_audio may go on (not too much queued)
+        self._room.set()
+        self._stop_requested = False
+        self._closed = False
+        self._fatal: HearsayError | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.server_sessions: list[str] = []  # the server's sessionId of each connection
+        self.reconnects = 0
+
+    @property
+    def session_id(self) -> str:
+        """The server's id for the first connection."""
+        return self.server_sessions[0] if self.server_sessions else ""
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection carries the session now (False from a drop to its reconnect)."""
+        return self._ws is not None
+
+    async def stream(self) -> AsyncIterator[StreamingResult]:
+        """Results in order until the session ends; raises the session's error (e.g.
+        ConnectionLostError) after the last result if it failed."""
+        async for result in self._feed.stream():
+            yield result
+
+    def on_result(self, callback: Callback[StreamingResult]) -> None:
+        """Call `callback(result)` for every result from now on (a plain function or a
+        coroutine function; called in order, on the SDK's task)."""
+        self._feed.add_callback(callback)
+
+    async def close(self) -> None:
+        """Stop at once (without waiting for the last finals); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._ws is not None:
+            await self._ws.close()
+        if not self._done.done():
+            self._done.set_exception(SessionClosedError(f"the {self._kind} was closed"))
+            self._done.exception()  # retrieved: nobody may be waiting
+        await self._feed.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse, start: dict[str, Any],
+                         started: str) -> dict[str, Any]:
+        """Send `start` and read the server's answer, which must be `started` (typed errors
+        otherwise); closes `ws` if it fails. Records the server's sessionId."""
+        try:
+            await ws.send_json(start)
+            msg = await ws.receive(timeout=START_TIMEOUT_S)
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                raise ConnectionLostError(f"the server closed the connection before the {self._kind} started "
+                                          f"({msg.type.name} {ws.close_code})")
+            data: dict[str, Any] = json.loads(msg.data)
+            if data.get("type") == "error":
+                raise error_from_wire(str(data.get("code", "")), str(data.get("message", "")))
+            if data.get("type") != started:
+                raise SessionError(f"unexpected first message {data.get('type')!r}", "protocol")
+        except BaseException:
+            await ws.close()
+            raise
+        self.server_sessions.append(str(data.get("sessionId", "")))
+        return data
+
+    def _finish(self, error: BaseException | None) -> None:
+        """The session is over (`error`: how it failed)."""
+        self._room.set()
+        if not self._done.done():
+            if error is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(error)
+        self._feed.end(error)
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Send and receive on one connection until it ends; True when the session is complete."""
+        self._wake.set()  # send what is buffered (after a reconnect: everything not yet finished)
+        sender = asyncio.create_task(self._send_loop(ws), name=f"hearsay-{self._kind}-send")
+        try:
+            return await self._receive_loop(ws)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await sender
+
+    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        raise NotImplementedError
+
+    async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        raise NotImplementedError
