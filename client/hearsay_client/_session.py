@@ -18,6 +18,7 @@ from typing import Any, Self
 
 import aiohttp
 
+from hearsay_client._resend import ResendBuffer
 from hearsay_client._results import Callback, ResultFeed
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig
@@ -95,6 +96,27 @@ class ReconnectingSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _queue(self, buffer: ResendBuffer, pcm: bytes) -> None:
+        """Keep `pcm` in `buffer` and wake the sender; on a live connection, wait while more
+        than SEND_AHEAD_S of the buffer's audio is queued, so a fast source is paced."""
+        buffer.append(pcm, connected=self._ws is not None)
+        self._wake.set()
+        if self._ws is not None and buffer.backlog > SEND_AHEAD_S * self._bps:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _end_of_audio(self) -> None:
+        """No more audio: ask the sender to stop the server session, then wait for the end
+        and for every result to be handed over."""
+        if self._closed:
+            raise SessionClosedError(f"the {self._kind} is closed")
+        self._stop_requested = True
+        self._wake.set()
+        try:
+            await asyncio.shield(self._done)
+        finally:
+            await self._feed.drain()
 
     # -- connections ------------------------------------------------------------------------
 

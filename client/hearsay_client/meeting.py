@@ -165,22 +165,11 @@ class MeetingSession(ReconnectingSession):
             # new server meeting is told so), not where the resent audio happens to be.
             person.offset_s = max((p.end_s(self._bps) for p in self._people.values() if p.offset_s is not None),
                                   default=0.0)
-        person.buffer.append(pcm, connected=self._ws is not None)
-        self._wake.set()
-        if self._ws is not None and person.buffer.backlog > SEND_AHEAD_S * self._bps:
-            self._room.clear()
-            await self._room.wait()
+        await self._queue(person.buffer, pcm)
 
     async def finalize(self) -> MeetingSummary:
         """End the meeting: every participant's last words, merged (across reconnects)."""
-        if self._closed:
-            raise SessionClosedError("the meeting is closed")
-        self._stop_requested = True
-        self._wake.set()
-        try:
-            await asyncio.shield(self._done)
-        finally:
-            await self._feed.drain()
+        await self._end_of_audio()
         if not self.reconnects:
             return self._server_summary(self._summary)
         return merged_summary(self.meeting_id, self._finals, self._speakers(), self.untranscribed, self.reconnects)

@@ -77,22 +77,11 @@ class StreamingSession(ReconnectingSession):
                                     f"got {len(chunk)} bytes", "invalid_audio")
         if not chunk:
             return
-        self._buffer.append(chunk, connected=self._ws is not None)
-        self._wake.set()
-        if self._ws is not None and self._buffer.backlog > SEND_AHEAD_S * self._bps:
-            self._room.clear()
-            await self._room.wait()
+        await self._queue(self._buffer, chunk)
 
     async def finalize(self) -> FinalTranscript:
         """End of audio: wait for the last finals and return the whole transcript."""
-        if self._closed:
-            raise SessionClosedError("the session is closed")
-        self._stop_requested = True
-        self._wake.set()
-        try:
-            await asyncio.shield(self._done)
-        finally:
-            await self._feed.drain()
+        await self._end_of_audio()
         segments = tuple(self._finals)
         return FinalTranscript(text=" ".join(s.text for s in segments if s.text), segments=segments,
                                duration=round(self.duration_s, 3), untranscribed=self.untranscribed,
