@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pytest
 import speech
+import threadpoolctl
 
 from app.bench.common import speech_end_s, speech_start_s
 from app.pipeline import EngineResult, SpeechEvent, SpeechEventKind, Transcript
@@ -243,3 +244,10 @@ async def test_two_streams_at_once_keep_their_own_words(engine: SpeechEngine) ->
     # while words crossing from the other stream would be far more.
     assert speech.wer(references(a_ids), ta) <= 0.12, ta
     assert speech.wer(references(b_ids), tb) <= 0.12, tb
+
+
+def test_a_loaded_engine_keeps_numpys_blas_to_the_calling_thread(loaded_engine: SpeechEngine) -> None:
+    # On more than one core OpenBLAS would split each product over the cores and then spin for
+    # the next: a third of a core at 24 calls, and 24-caller p95 946 -> 877 ms without it.
+    blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas)

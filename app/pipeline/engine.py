@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from app.pipeline import MAX_RATE, MIN_RATE, models
 from app.pipeline.engine_stream import EngineStream
@@ -53,7 +54,12 @@ class SpeechEngine:
         """Load Silero, the end-of-turn model (`turn.model`; the default settings' when None)
         and the Whisper models (`asr.model` plus `extra_models`). Blocking. UnknownModelError
         names a model that is not installed."""
+        # Every model runs on threads of its own (see `scheduling`), so nothing may fan out
+        # further. numpy's OpenBLAS would: it splits each product (the log-mel filterbank of
+        # every decode and every scored pause) over the cores, and its helper thread then spins
+        # for about 0.1 s waiting for the next one, a third of a core at 24 calls (docs/engine.md).
         torch.set_num_threads(1)
+        threadpool_limits(1, user_api="blas")
         turn = turn or TurnSettings()
         turn_path = models.resolve_turn(turn.model)
         recognizers: dict[str, Recognizer] = {}
