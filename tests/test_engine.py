@@ -248,6 +248,6 @@ async def test_two_streams_at_once_keep_their_own_words(engine: SpeechEngine) ->
 
 def test_a_loaded_engine_keeps_numpys_blas_to_the_calling_thread(loaded_engine: SpeechEngine) -> None:
     # On more than one core OpenBLAS would split each product over the cores and then spin for
-    # the next: a third of a core at 24 calls, and 24-caller p95 946 -> 877 ms without it.
+    # the next: a third of a core at 24 calls (24-caller p95 946 ms with it spinning, 879 after).
     blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
     assert blas and all(pool["num_threads"] == 1 for pool in blas)
