@@ -6,7 +6,7 @@ of its own, loaded by callers in this one.
         service.http                 # "127.0.0.1:<port>"
         service.consumer             # the signature-checking webhook consumer (this process)
         service.usage()              # CPU seconds and peak RSS of the service (and its children)
-        await service.dropped_frames("twilio")
+        await service.figures("twilio")  # dropped frames and latency inside, from its /metrics
 
 The settings file (when it exists) is read, the overrides applied, and the result written to a
 temporary file with the HTTP address, the dialplans (one, `bench`, whose `[match]` body is
@@ -115,43 +115,48 @@ class ServedService:
         async with aiohttp.ClientSession() as http, http.get(f"http://{self.http}{path}") as answer:
             return await (answer.json() if path == "/health" else answer.text())
 
-    async def counter(self, name: str, **labels: str) -> float:
-        """The sum of a counter's samples in `/metrics` whose labels include `labels`."""
-        total = 0.0
-        for line in (await self.get("/metrics")).splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                head, _, value = line.rpartition(" ")
-                if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                    total += float(value)
-        return total
-
-    async def dropped_frames(self, source: str) -> int:
-        return int(await self.counter("hearsay_dropped_frames_total", source=source))
-
-    async def histogram_ms(self, name: str, wanted: tuple[int, ...]) -> tuple[float | None, ...]:
-        """For each percentile of a `/metrics` histogram (all its label sets together), the
-        upper bound (ms) of the bucket it falls in."""
-        buckets: dict[float, float] = {}
-        for line in (await self.get("/metrics")).splitlines():
-            if line.startswith(name + "_bucket{"):
-                le = float(line.split('le="', 1)[1].split('"', 1)[0])
-                buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
-        ordered = sorted(buckets.items())
-        total = ordered[-1][1] if ordered else 0.0
-        if not total:
-            return tuple(None for _ in wanted)
-        return tuple(next(round(le * 1000, 1) for le, count in ordered if count >= total * p / 100) for p in wanted)
-
-    async def inside_latency(self) -> dict[str, float | None]:
-        """Where the time went inside the service, by its own clock (bucket upper bounds, ms):
-        last audio received -> final in the outbox, and of that the recognizer's compute and
-        the rest (silence the VAD and the turn policy wait for, and queueing)."""
-        out: dict[str, float | None] = {}
-        for key, name in (("inside", "hearsay_end_to_end_latency_seconds"),
-                          ("compute", "hearsay_asr_latency_seconds"), ("waits", "hearsay_vad_latency_seconds")):
-            p50, p95 = await self.histogram_ms(name, (50, 95))
-            out[f"{key}_p50_ms_at_most"], out[f"{key}_p95_ms_at_most"] = p50, p95
+    async def figures(self, source: str, **histograms: str) -> dict[str, Any]:
+        """What the service's own `/metrics` says after a run, read once: `dropped_frames` of
+        the `source` ingress, and where the time went inside it, by its clock (bucket upper
+        bounds, ms): last audio received -> final in the outbox (`inside_*`), and of that the
+        recognizer's compute (`compute_*`) and the rest (`waits_*`: silence the VAD and the
+        turn policy wait for, and queueing). Each `key=histogram` in `histograms` adds that
+        histogram's `key_p50_ms_at_most` and `key_p95_ms_at_most` too."""
+        metrics = await self.get("/metrics")
+        out: dict[str, Any] = {"dropped_frames": int(_counter(metrics, "hearsay_dropped_frames_total", source=source))}
+        for key, name in {**_INSIDE, **histograms}.items():
+            out[f"{key}_p50_ms_at_most"], out[f"{key}_p95_ms_at_most"] = _histogram_ms(metrics, name, (50, 95))
         return out
+
+
+_INSIDE = {"inside": "hearsay_end_to_end_latency_seconds", "compute": "hearsay_asr_latency_seconds",
+           "waits": "hearsay_vad_latency_seconds"}
+
+
+def _counter(metrics: str, name: str, **labels: str) -> float:
+    """The sum of a counter's samples in `metrics` whose labels include `labels`."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+    return total
+
+
+def _histogram_ms(metrics: str, name: str, wanted: tuple[int, ...]) -> tuple[float | None, ...]:
+    """For each percentile of a histogram in `metrics` (all its label sets together), the
+    upper bound (ms) of the bucket it falls in."""
+    buckets: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = float(line.split('le="', 1)[1].split('"', 1)[0])
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    ordered = sorted(buckets.items())
+    total = ordered[-1][1] if ordered else 0.0
+    if not total:
+        return tuple(None for _ in wanted)
+    return tuple(next(round(le * 1000, 1) for le, count in ordered if count >= total * p / 100) for p in wanted)
 
 
 @contextlib.asynccontextmanager

@@ -83,11 +83,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         window = service.window(*workers)  # "children" in the summary: the SIP workers
         outcomes = await asyncio.gather(*(_caller(service, plan, args.port) for plan in plans))
         usage = window.close()
-        dropped = await service.dropped_frames("sip")
-        bridge = await service.histogram_ms("hearsay_sip_bridge_latency_seconds", (50, 95))
-        inside = await service.inside_latency()
-    return {**score(outcomes, service.consumer.events, arrivals), **usage, **inside, "dropped_frames": dropped,
-            "bridge_p50_ms_at_most": bridge[0], "bridge_p95_ms_at_most": bridge[1], "max_calls": max_calls}
+        figures = await service.figures("sip", bridge="hearsay_sip_bridge_latency_seconds")
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures, "max_calls": max_calls}
 
 
 async def _caller(service: ServedService, plan: CallerPlan, port: int) -> CallOutcome:

@@ -75,9 +75,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 _session(http, f"ws://{service.http}/v1/stream", plan, args, lags, service.consumer)
                 for plan in plans))
         usage = window.close()
-        inside = await service.inside_latency()
-        dropped = await service.dropped_frames("stream")
-    return {**score(outcomes, service.consumer.events, arrivals), **usage, **inside, "dropped_frames": dropped,
+        figures = await service.figures("stream")
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures,
             "max_send_lag_ms": round(max(lags, default=0.0) * 1000)}
 
 

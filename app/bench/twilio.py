@@ -65,9 +65,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         window = service.window()
         outcomes = await asyncio.gather(*(_call(service.http, plan, service.consumer) for plan in plans))
         usage = window.close()
-        inside = await service.inside_latency()
-        dropped = await service.dropped_frames("twilio")
-    return {**score(outcomes, service.consumer.events, arrivals), **usage, **inside, "dropped_frames": dropped}
+        figures = await service.figures("twilio")
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures}
 
 
 async def _call(host: str, plan: CallerPlan, consumer: WebhookConsumer) -> CallOutcome:
