@@ -3,9 +3,11 @@
 the results feed, and how the session ends (`_finish`) or is closed (`close`).
 
 A subclass says what its server session is (`_kind`, the start message and the first answer
-it expects, through `_handshake`) and provides `_run` (the connection loop), `_send_loop` and
-`_receive_loop` (one connection's two halves; the receiver returns True when the session is
-complete).
+it expects, through `_handshake`) and provides `_send_loop` and `_receive_loop` (one
+connection's two halves; the receiver returns True when the session is complete). `_run`
+carries the session over connections; after a drop it asks the subclass `_owed` (is anything
+left to transcribe?), `_pending` (what would be lost) and `_reconnect`, and `_dropped` lets
+it react to the drop itself.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from hearsay_client._results import Callback, ResultFeed
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig
 from hearsay_client.errors import ConnectionLostError, HearsayError, SessionClosedError, SessionError
-from hearsay_client.types import StreamingResult
+from hearsay_client.types import AudioSpan, StreamingResult
 
 START_TIMEOUT_S = 30.0
 FRAME_BYTES = 32_000  # most audio in one binary frame (1 s of 16 kHz LINEAR16)
@@ -150,6 +152,48 @@ class ReconnectingSession:
             else:
                 self._done.set_exception(error)
         self._feed.end(error)
+
+    async def _run(self) -> None:
+        """Serve the connection; after a drop, reconnect (resending what is owed) until the
+        session is complete, fails, or nothing is owed any more. Ends with `_finish`."""
+        try:
+            while True:
+                assert self._ws is not None
+                complete = await self._serve(self._ws)
+                await self._ws.close()
+                self._ws = None
+                self._room.set()
+                self._dropped()
+                if self._fatal is not None:
+                    raise self._fatal
+                if complete or not await self._owed():
+                    break
+                if not self._config.reconnect:
+                    raise ConnectionLostError(f"the {self._kind}'s connection dropped (reconnect is off)",
+                                              self._pending())
+                await self._reconnect()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._finish(exc)
+            return
+        self._finish(None)
+
+    def _dropped(self) -> None:
+        """The connection has just dropped (or ended)."""
+
+    async def _owed(self) -> bool:
+        """After a drop: whether anything is left to transcribe (the session reconnects for
+        it; False ends the session complete as it is)."""
+        raise NotImplementedError
+
+    def _pending(self) -> tuple[AudioSpan, ...]:
+        """The audio a drop without reconnecting would leave untranscribed."""
+        raise NotImplementedError
+
+    async def _reconnect(self) -> None:
+        """A new connection in `_ws`, with the owed audio queued to be resent."""
+        raise NotImplementedError
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
         """Send and receive on one connection until it ends; True when the session is complete."""

@@ -225,36 +225,22 @@ class MeetingSession(ReconnectingSession):
         self._ws = ws
         self._connected.set()
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                assert self._ws is not None
-                complete = await self._serve(self._ws)
-                await self._ws.close()
-                self._ws = None
-                self._connected.clear()
-                self._room.set()
-                for waiter in self._joining.values():
-                    if not waiter.done():
-                        waiter.set_exception(ConnectionLostError("the meeting's connection dropped"))
-                if self._fatal is not None:
-                    raise self._fatal
-                if complete:
-                    break
-                for person in self._people.values():
-                    person.buffer.connection_lost()
-                if not self._config.reconnect:
-                    raise ConnectionLostError("the meeting's connection dropped (reconnect is off)", self._pending())
-                await reconnect(self._transport.backoff, self._connect, self._pending)
-                self.reconnects += 1
-                log.info("meeting %s reconnected (server session %s); resending %.2f s of audio", self.meeting_id,
-                         self.server_sessions[-1], sum(p.buffer.unacked for p in self._people.values()) / self._bps)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self._finish(exc)
-            return
-        self._finish(None)
+    def _dropped(self) -> None:
+        self._connected.clear()
+        for waiter in self._joining.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionLostError("the meeting's connection dropped"))
+
+    async def _owed(self) -> bool:
+        for person in self._people.values():
+            person.buffer.connection_lost()
+        return True  # the meeting goes on for whoever is still in it
+
+    async def _reconnect(self) -> None:
+        await reconnect(self._transport.backoff, self._connect, self._pending)
+        self.reconnects += 1
+        log.info("meeting %s reconnected (server session %s); resending %.2f s of audio", self.meeting_id,
+                 self.server_sessions[-1], sum(p.buffer.unacked for p in self._people.values()) / self._bps)
 
     def _finish(self, error: BaseException | None) -> None:
         self._connected.set()  # wakes whoever waits for a connection, to see the end

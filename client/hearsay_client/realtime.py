@@ -29,7 +29,7 @@ from hearsay_client._resend import ResendBuffer, reconnect
 from hearsay_client._session import FATAL_CODES, FRAME_BYTES, SEND_AHEAD_S, ReconnectingSession
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig
-from hearsay_client.errors import ConnectionLostError, InvalidAudioError, SessionClosedError
+from hearsay_client.errors import InvalidAudioError, SessionClosedError
 from hearsay_client.types import AudioSpan, FinalTranscript, Segment, StreamingResult
 
 log = logging.getLogger("hearsay_client")
@@ -96,40 +96,21 @@ class StreamingSession(ReconnectingSession):
         self._buffer.restart()
         return ws
 
-    async def _reconnect(self) -> aiohttp.ClientWebSocketResponse:
-        ws = await reconnect(self._transport.backoff, self._connect, self._buffer.pending)
+    async def _owed(self) -> bool:
+        self._buffer.connection_lost()
+        while not (self._stop_requested or self._buffer.unacked):
+            self._wake.clear()
+            await self._wake.wait()
+        return bool(self._buffer.unacked)  # nothing left: the session is complete as it is
+
+    def _pending(self) -> tuple[AudioSpan, ...]:
+        return self._buffer.pending()
+
+    async def _reconnect(self) -> None:
+        self._ws = await reconnect(self._transport.backoff, self._connect, self._buffer.pending)
         self.reconnects += 1
         log.info("reconnected (server session %s); resending %.2f s of audio",
                  self.server_sessions[-1], self._buffer.unacked / self._bps)
-        return ws
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                assert self._ws is not None
-                complete = await self._serve(self._ws)
-                await self._ws.close()
-                self._ws = None
-                self._room.set()
-                if self._fatal is not None:
-                    raise self._fatal
-                if complete:
-                    break
-                self._buffer.connection_lost()
-                while not (self._stop_requested or self._buffer.unacked):
-                    self._wake.clear()
-                    await self._wake.wait()
-                if not self._buffer.unacked:
-                    break  # nothing left to transcribe: the session is complete as it is
-                if not self._config.reconnect:
-                    raise ConnectionLostError("the connection dropped (reconnect is off)", self._buffer.pending())
-                self._ws = await self._reconnect()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self._finish(exc)
-            return
-        self._finish(None)
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         stop_sent = False
