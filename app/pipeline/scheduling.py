@@ -35,7 +35,7 @@ from app.pipeline.vad import SileroVAD, VADStream
 VAD_STEPS_PER_BATCH = 16  # chunks a stream may have classified per `VadBatcher.step`
 _VAD_GATHER_S = 0.01  # how long the VAD batcher waits for more streams to join a batch
 _MAX_BATCH = 4  # utterances recognised in one pass
-_MAX_TURN_BATCH = 8  # pauses scored in one pass of the end-of-turn model
+_MAX_TURN_BATCH = 8  # pauses taken to the end-of-turn model's thread in one call
 
 
 class Priority(IntEnum):
@@ -157,9 +157,9 @@ class VadBatcher(_OneThreadBatcher):
 
 
 class TurnBatcher(_OneThreadBatcher):
-    """Scores pauses with the end-of-turn model on one thread, those waiting together as one
-    batch (the model costs about the same per pause either way; one thread keeps it off the
-    cores Whisper uses, and the batch saves a queue hop per pause)."""
+    """Scores pauses with the end-of-turn model on one thread, those waiting together in one
+    call (one thread keeps it off the cores Whisper uses, and taking them together saves a
+    queue hop per pause; the model still scores them one by one, app/pipeline/turn.py)."""
 
     _name = "turn"
 
