@@ -4,10 +4,11 @@ the results feed, and how the session ends (`_finish`) or is closed (`close`).
 
 A subclass says what its server session is (`_kind`, the start message and the first answer
 it expects, through `_handshake`) and provides `_send_loop` and `_receive_loop` (one
-connection's two halves; the receiver returns True when the session is complete). `_run`
-carries the session over connections; after a drop it asks the subclass `_owed` (is anything
-left to transcribe?), `_pending` (what would be lost) and `_reconnect`, and `_dropped` lets
-it react to the drop itself.
+connection's two halves; the receiver returns True when the session is complete) and
+`_connect` (a new server session on a new connection, in `_ws`). `_run` carries the session
+over connections; after a drop it asks the subclass `_owed` (is anything left to
+transcribe?) and `_pending` (what would be lost), reconnects with backoff, and `_dropped` and
+`_reconnected` let the subclass react.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Self
 
 import aiohttp
 
-from hearsay_client._resend import ResendBuffer
+from hearsay_client._resend import ResendBuffer, reconnect
 from hearsay_client._results import Callback, ResultFeed
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig
@@ -171,7 +172,9 @@ class ReconnectingSession:
                 if not self._config.reconnect:
                     raise ConnectionLostError(f"the {self._kind}'s connection dropped (reconnect is off)",
                                               self._pending())
-                await self._reconnect()
+                await reconnect(self._transport.backoff, self._connect, self._pending)
+                self.reconnects += 1
+                self._reconnected()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -191,9 +194,13 @@ class ReconnectingSession:
         """The audio a drop without reconnecting would leave untranscribed."""
         raise NotImplementedError
 
-    async def _reconnect(self) -> None:
-        """A new connection in `_ws`, with the owed audio queued to be resent."""
+    async def _connect(self) -> None:
+        """A new connection in `_ws` carrying a new server session, with the owed audio (if
+        any) queued to be resent. Typed errors if the server refuses."""
         raise NotImplementedError
+
+    def _reconnected(self) -> None:
+        """A reconnect has just succeeded (`reconnects` counts it)."""
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
         """Send and receive on one connection until it ends; True when the session is complete."""

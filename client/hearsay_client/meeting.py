@@ -39,7 +39,7 @@ import aiohttp
 
 from hearsay_client._meeting_summary import by_time as _by_time
 from hearsay_client._meeting_summary import merged_summary
-from hearsay_client._resend import ResendBuffer, reconnect
+from hearsay_client._resend import ResendBuffer
 from hearsay_client._session import FATAL_CODES, FRAME_BYTES, SEND_AHEAD_S, ReconnectingSession
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig, participant_spec
@@ -236,9 +236,7 @@ class MeetingSession(ReconnectingSession):
             person.buffer.connection_lost()
         return True  # the meeting goes on for whoever is still in it
 
-    async def _reconnect(self) -> None:
-        await reconnect(self._transport.backoff, self._connect, self._pending)
-        self.reconnects += 1
+    def _reconnected(self) -> None:
         log.info("meeting %s reconnected (server session %s); resending %.2f s of audio", self.meeting_id,
                  self.server_sessions[-1], sum(p.buffer.unacked for p in self._people.values()) / self._bps)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from hearsay_client._resend import ResendBuffer, reconnect
+from hearsay_client._resend import ResendBuffer
 from hearsay_client._session import FATAL_CODES, FRAME_BYTES, SEND_AHEAD_S, ReconnectingSession
 from hearsay_client._transport import Transport, error_from_wire
 from hearsay_client.config import StreamingConfig
@@ -57,7 +57,7 @@ class StreamingSession(ReconnectingSession):
 
     async def start(self) -> None:
         """Connect and start the server session; typed errors if the server refuses."""
-        self._ws = await self._connect()
+        await self._connect()
         self._runner = asyncio.create_task(self._run(), name="hearsay-session")
 
     # -- the application's side -----------------------------------------------------------
@@ -89,12 +89,12 @@ class StreamingSession(ReconnectingSession):
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+    async def _connect(self) -> None:
         ws = await self._transport.websocket("/v1/stream")
         await self._handshake(ws, {"type": "start_transcription", "config": self._config.wire},
                               "transcription_started")
         self._buffer.restart()
-        return ws
+        self._ws = ws
 
     async def _owed(self) -> bool:
         self._buffer.connection_lost()
@@ -106,9 +106,7 @@ class StreamingSession(ReconnectingSession):
     def _pending(self) -> tuple[AudioSpan, ...]:
         return self._buffer.pending()
 
-    async def _reconnect(self) -> None:
-        self._ws = await reconnect(self._transport.backoff, self._connect, self._buffer.pending)
-        self.reconnects += 1
+    def _reconnected(self) -> None:
         log.info("reconnected (server session %s); resending %.2f s of audio",
                  self.server_sessions[-1], self._buffer.unacked / self._bps)
 
