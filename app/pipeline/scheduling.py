@@ -3,7 +3,7 @@
 - `VadBatcher`: streams with whole 32 ms chunks wait on one batcher, which runs all of them
   through Silero as one batch on the VAD thread (32 streams cost about what 4 do alone).
 - `TurnBatcher`: the end-of-turn model's questions (has this caller finished?) from all
-  streams, run as batches on one thread of their own.
+  streams, taken together to one thread of their own (the model answers them one by one).
 - `AsrScheduler`: a priority queue in front of `[asr] workers` threads. Finals go before
   interims (`Priority`), and jobs waiting together run as one batch (calls that stop talking
   at the same moment cost little more than one). Only the first worker runs interims: a
