@@ -21,6 +21,7 @@ from aiohttp import web
 
 from app.dialplans import DialplanError
 from app.logs import setup_logging
+from app.malloc import limit_arenas
 from app.settings import Settings, SettingsError, load_settings
 from sip.errors import SipStartError
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(
             settings, dialplans=dataclasses.replace(settings.dialplans, dir=args.dialplans))
     setup_logging(settings.log)
+    limit_arenas(settings.asr.malloc_arenas)  # before any thread starts (app/malloc.py)
     try:
         asyncio.run(serve(settings))
     except DialplanError as exc:

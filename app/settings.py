@@ -69,6 +69,7 @@ class AsrSettings:
     word_timestamps: bool = False
     model_cache_dir: str = "var/models"
     max_live_calls: int = 32
+    malloc_arenas: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +337,8 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"vad.{name}: must not be negative")
     if vad.max_utterance_s < 1.0:
         raise SettingsError("vad.max_utterance_s: must be at least 1 second")
+    if settings.asr.malloc_arenas < 0:
+        raise SettingsError("asr.malloc_arenas: must not be negative (0: the C library's default)")
     _validate_turn(settings.turn, vad)
     for codec in settings.sip.codecs:
         if codec.upper() not in ("PCMU", "PCMA", "G722"):

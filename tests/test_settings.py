@@ -42,6 +42,7 @@ def test_environment_overrides_any_key() -> None:
     ({"HEARSAY_TURN_INCOMPLETE_THRESHOLD": "0.95"}, "turn.incomplete_threshold: must not be above"),
     ({"HEARSAY_TURN_UNSURE_SILENCE_MS": "100"}, "turn.unsure_silence_ms"),
     ({"HEARSAY_TURN_PROBE_TRIM_MS": "500"}, "turn.probe_trim_ms"),
+    ({"HEARSAY_ASR_MALLOC_ARENAS": "-1"}, "asr.malloc_arenas: must not be negative"),
 ])
 def test_bad_environment_values_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
