@@ -5,7 +5,7 @@ per core, and a pool keeps the pages it once needed. The service's threads (the 
 the inference workers, the VAD and end-of-turn threads) allocate buffers of many sizes, so
 with glibc's default a long-running service's memory creeps up: in the 30-minute soak of 24
 callers (`python -m app bench soak`) it grew 7.2 % after the fifth minute with the default
-and 4.9 % with two pools (docs/engine.md, Under load).
+and 4.9-5.3 % with two pools, which give freed memory back (docs/engine.md, Under load).
 
 `limit_arenas` must run before the process starts a second thread: glibc fixes the limit the
 first time a thread needs a pool of its own.
