@@ -1,7 +1,7 @@
 """How many memory pools (glibc malloc arenas) the service's threads share.
 
-glibc gives a thread that allocates while another holds the pool a pool of its own, up to 8
-per core, and a pool keeps the pages it once needed. The service's threads (the event loop,
+glibc gives each thread that allocates a pool of its own (an arena), up to 8 per core, and a
+pool keeps the pages it once needed. The service's threads (the event loop,
 the inference workers, the VAD and end-of-turn threads) allocate buffers of many sizes, so
 with glibc's default a long-running service's memory creeps up: in the 30-minute soak of 24
 callers (`python -m app bench soak`) it grew 7.2 % after the fifth minute with the default

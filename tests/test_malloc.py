@@ -3,9 +3,12 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Eight threads allocate at once, each holding its memory until all have some, so without
-# a limit glibc gives most of them a pool of their own; then glibc's own report is counted.
+# a limit glibc gives each a pool of its own; then glibc's own report (malloc_info) is counted.
 PROGRAM = """
 import ctypes, sys, tempfile, threading
 from app.malloc import limit_arenas
@@ -33,7 +36,7 @@ with tempfile.NamedTemporaryFile(suffix=".xml") as out:
 
 def arenas(limit: int) -> tuple[str, int]:
     done = subprocess.run([sys.executable, "-c", PROGRAM, str(limit)], capture_output=True, text=True,
-                          check=True, timeout=60)
+                          check=True, timeout=60, cwd=REPO)
     limited, report = done.stdout.split(" ", 1)
     return limited, len(re.findall(r"<heap nr=", report))
 
