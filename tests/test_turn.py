@@ -3,12 +3,13 @@ the policy that turns its score into the silence that ends a turn."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
 import pytest
 import speech
 
+from app.bench.served import rss_mb
 from app.pipeline import models
 from app.pipeline.decode import decode
 from app.pipeline.resample import resample_whole
@@ -53,17 +54,12 @@ def test_a_batch_scores_each_turn_as_it_would_alone(model: SmartTurn) -> None:
 def test_scoring_many_pauses_at_once_does_not_grow_the_process(model: SmartTurn) -> None:
     turn = heard_over_the_phone("cards-001")
     model.score([turn] * 2)  # onnxruntime sizes its arena over the first two runs
-    before = _rss_mb()
+    before = rss_mb(os.getpid())
     for _ in range(3):
         model.score([turn] * 8)  # eight callers pausing together
     # Measured: scored as one batch, each batch of 8 grew the arena by about 80 MB for good;
     # scored one by one, 0 MB. The bound leaves room for the interpreter's own allocations.
-    assert _rss_mb() - before < 30
-
-
-def _rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+    assert rss_mb(os.getpid()) - before < 30
 
 
 def test_a_turn_longer_than_the_window_is_read_from_its_end(model: SmartTurn) -> None:

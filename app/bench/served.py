@@ -57,8 +57,17 @@ def process_usage(pid: int) -> Usage:
     except OSError:
         return Usage(0.0, 0)
     cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-    return Usage(cpu, round(hwm / 1024))
+    return Usage(cpu, round(_status_kb(status, "VmHWM") / 1024))
+
+
+def rss_mb(pid: int) -> float:
+    """Process `pid`'s resident memory now (MB; Linux /proc), where `process_usage` gives its peak."""
+    return _status_kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS") / 1024
+
+
+def _status_kb(status: str, field: str) -> int:
+    """A kB figure of /proc/<pid>/status (0 when absent, as for a zombie)."""
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:")), 0)
 
 
 def own_usage() -> Usage:

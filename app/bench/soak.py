@@ -36,7 +36,7 @@ from app.bench.callers import (
     percentiles_ms,
     plan_call,
 )
-from app.bench.served import ServedService, served
+from app.bench.served import ServedService, rss_mb, served
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
 from app.sim.twilio import SimCall, new_sid, post_voice_webhook, stream_call
@@ -113,9 +113,7 @@ async def _sample_every_minute(service: ServedService, t0: float, samples: list[
 
 def _sample(service: ServedService, t0: float) -> dict[str, Any]:
     pid = service.process.pid
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return {"at_min": round((time.monotonic() - t0) / 60, 2), "rss_mb": round(rss / 1024),
+    return {"at_min": round((time.monotonic() - t0) / 60, 2), "rss_mb": round(rss_mb(pid)),
             "open_fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
 
 
