@@ -7,6 +7,13 @@ with SIP on loopback: one worker up to 4 calls, else one per 4 calls behind Kama
 within `--stagger-s` of each other and say different clips (app/bench/callers.py). A
 signature-checking webhook consumer in this process receives the finals.
 
+The sipp callers run at `--caller-nice` (19): they stand in for phones elsewhere, which take
+none of the service's CPU, while each sipp process polls its sockets every millisecond (about
+1000 context switches a second each, 30 000 at 32 callers, a fifth of a core). At nice 19
+they yield the two cores to the service and its workers; if that makes them late, their audio
+reaches the service late and the lateness counts against the latency, which is measured from
+the end of speech in the planned audio. `--caller-nice 0` runs them as before 2026-11-30.
+
 A call's audio second 0 is taken as the `created_at` of its `call.started` (stamped as the
 service admits the call, just before its 200 OK, so latencies come out a round trip long
 rather than short). Reported: end of speech -> webhook p50/p95/max, pooled WER, CPU and peak
@@ -43,6 +50,7 @@ from app.pipeline.types import Encoding
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "tests" / "sipp" / "uac_stream.xml"
+CALLER_NICE = 19
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[sip] max_calls for the run (default: --calls, at least 4); above 4, calls go "
                              "through Kamailio to SIP workers")
     parser.add_argument("--port", type=int, default=25060, help="SIP port for the run (default 25060)")
+    parser.add_argument("--caller-nice", type=int, default=CALLER_NICE, metavar="N",
+                        help=f"niceness of the sipp callers (default {CALLER_NICE}: they yield the CPU to "
+                             "the service, as callers elsewhere would; 0: they compete for it)")
     add_load_arguments(parser)
 
 
@@ -81,19 +92,22 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                       interim=args.interim, on_event=arrivals) as service:
         workers = [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
         window = service.window(*workers)  # "children" in the summary: the SIP workers
-        outcomes = await asyncio.gather(*(_caller(service, plan, args.port) for plan in plans))
+        outcomes = await asyncio.gather(*(_caller(service, plan, args.port, args.caller_nice)
+                                          for plan in plans))
         usage = window.close()
         figures = await service.figures("sip", bridge="hearsay_sip_bridge_latency_seconds")
-    return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures, "max_calls": max_calls}
+    return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures, "max_calls": max_calls,
+            "caller_nice": args.caller_nice}
 
 
-async def _caller(service: ServedService, plan: CallerPlan, port: int) -> CallOutcome:
-    """One sipp process placing one call that streams the plan's audio; its call's outcome."""
+async def _caller(service: ServedService, plan: CallerPlan, port: int, nice: int) -> CallOutcome:
+    """One sipp process (at niceness `nice`) placing one call that streams the plan's audio;
+    its call's outcome."""
     await asyncio.sleep(plan.start_s)
     directory = service.workdir / f"caller-{plan.index}"
     await asyncio.to_thread(_write_clip, directory, plan)
     proc = await asyncio.create_subprocess_exec(
-        "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIO), "-s", "100", "-m", "1", "-l", "1",
+        "nice", "-n", str(nice), "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIO), "-s", "100", "-m", "1", "-l", "1",
         "-d", str(int((plan.duration_s + HOLD_S) * 1000)), "-i", "127.0.0.1", "-p", str(free_udp_port()),
         "-mp", str(port + 3000 + 8 * plan.index), "-nostdin", "-timeout", "300s",
         cwd=directory, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
