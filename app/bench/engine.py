@@ -6,6 +6,10 @@ and then goes, in the same run and on the same loaded model:
 - through Hearsay: an `EngineStream` fed 20 ms frames as fast as it takes them (WER,
   finalisation compute per utterance, real-time factor);
 - through stock `WhisperModel.transcribe()` on the whole item (beam 1), the usual approach.
+With `--shifts K` both WER passes run K times, the k-th with k/K of 32 ms of silence before
+each item: where the VAD's 32 ms chunks and Whisper's 10 ms frames fall on the speech moves
+the WER of either by a point or two on these sets (a phone call starts wherever it starts),
+so the mean over the shifts is the steadier comparison.
 Per set it also measures:
 - the false-cut rate: sentences with a pause of 300, 500 or 700 ms inserted at the word
   boundary nearest their middle; the share that come out as more than one final;
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 FRAME = 160  # 20 ms of 8 kHz mu-law
 TAIL_S = 1.0  # silence after each item of the WER pass
 TURN_TAIL_S = 2.0  # ... of the latency and false-cut passes: longer than [turn] max_silence_ms
+SHIFT_SPAN_S = 0.032  # --shifts spreads the items' starts over one VAD chunk
 PAUSES_S = (0.3, 0.5, 0.7)
 MIN_SPLIT_WORDS = 6
 REALTIME_CLIPS = ("jfk", "ljspeech-LJ001-0005", "arctic-aew-a0003", "timit-LDC93S1", "cards-005",
@@ -58,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="settings.toml")
     parser.add_argument("--sets", default="speech,passages", help="dev sets to run (default: both)")
     parser.add_argument("--no-realtime", action="store_true", help="skip the real-time latency pass")
+    parser.add_argument("--shifts", type=int, default=1, metavar="K",
+                        help="run the WER passes K times, each item starting k/K of 32 ms later the k-th "
+                             "time, and report the mean (default 1)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
 
 
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     sets = dev_sets(Path(args.speech), load_piper_voice(), args.sets.split(","))
     engine = SpeechEngine.load(settings.asr, settings.vad, turn=settings.turn)
     try:
-        report = asyncio.run(_bench(engine, sets, Path(args.speech), not args.no_realtime))
+        report = asyncio.run(_bench(engine, sets, Path(args.speech), not args.no_realtime, max(1, args.shifts)))
     finally:
         engine.close()
     report["settings"] = {"asr": f"{settings.asr.model} ({settings.asr.compute_type})",
@@ -109,41 +117,59 @@ def dev_sets(speech_dir: Path, voice: PiperVoice, names: list[str]) -> list[DevS
     return sets
 
 
-def telephone(audio: np.ndarray, tail_s: float) -> bytes:
-    padded = np.concatenate([audio, np.zeros(int(tail_s * 16000), np.float32)])
+def telephone(audio: np.ndarray, tail_s: float, lead_s: float = 0.0) -> bytes:
+    padded = np.concatenate([np.zeros(int(lead_s * 16000), np.float32), audio,
+                             np.zeros(int(tail_s * 16000), np.float32)])
     return encode(resample_whole(padded, 16000, 8000), Encoding.MULAW)
 
 
-async def _bench(engine: SpeechEngine, sets: list[DevSet], speech_dir: Path, realtime: bool) -> dict[str, object]:
+async def _bench(engine: SpeechEngine, sets: list[DevSet], speech_dir: Path, realtime: bool,
+                 shifts: int = 1) -> dict[str, object]:
     for item in sets[0].items[:2]:  # warm-up
         await stream_ulaw(engine, telephone(item.audio, TAIL_S))
     report: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
     for dev in sets:
-        report[dev.name] = await _bench_set(engine, dev, realtime)
+        report[dev.name] = await _bench_set(engine, dev, realtime, shifts)
     report["turn_model_ms_per_call"] = await asyncio.to_thread(_turn_cpu, engine, sets[0].finished or sets[0].items)
     report["silence_60s_words"], report["noise_clip_words"] = await _no_words(engine, speech_dir)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return report
 
 
-async def _bench_set(engine: SpeechEngine, dev: DevSet, realtime: bool) -> dict[str, object]:
-    hearsay = Figures()
-    for item in dev.items:
-        ulaw = telephone(item.audio, TAIL_S)
-        began = time.perf_counter()
-        results, _ = await stream_ulaw(engine, ulaw)
-        hearsay.wall_s += time.perf_counter() - began
-        hearsay.audio_s += len(ulaw) / 8000
-        finals = [t for t in results if t.is_final]
-        hearsay.finalize_ms += [t.compute_s * 1000 for t in finals]
-        hearsay.hyps[item.id] = " ".join(t.text for t in finals)
-    hearsay.wer = score(dev.items, hearsay.hyps)
-    stock = await asyncio.to_thread(_stock, engine, dev.items)
+async def _bench_set(engine: SpeechEngine, dev: DevSet, realtime: bool, shifts: int = 1) -> dict[str, object]:
+    runs = []
+    for k in range(shifts):
+        lead_s = k * SHIFT_SPAN_S / shifts
+        hearsay = await _hearsay(engine, dev.items, lead_s)
+        runs.append((lead_s, hearsay, await asyncio.to_thread(_stock, engine, dev.items, lead_s)))
     cuts = await _false_cuts(engine, dev.sentences)
     live = await _realtime(engine, dev.finished) if realtime else {}
-    return {"items": len(dev.items), "hearsay": _summary(hearsay), "stock": _summary(stock),
-            "false_cuts": cuts, "realtime": live}
+    _, hearsay, stock = runs[0]
+    report = {"items": len(dev.items), "hearsay": _summary(hearsay), "stock": _summary(stock),
+              "false_cuts": cuts, "realtime": live}
+    if shifts > 1:
+        h = [round(r[1].wer * 100, 2) for r in runs]
+        s = [round(r[2].wer * 100, 2) for r in runs]
+        report["shifted"] = {"lead_ms": [round(r[0] * 1000, 1) for r in runs], "hearsay_wer_pct": h,
+                             "stock_wer_pct": s, "hearsay_mean": round(float(np.mean(h)), 2),
+                             "stock_mean": round(float(np.mean(s)), 2)}
+    return report
+
+
+async def _hearsay(engine: SpeechEngine, items: list[Item], lead_s: float) -> Figures:
+    figures = Figures()
+    for item in items:
+        ulaw = telephone(item.audio, TAIL_S, lead_s)
+        began = time.perf_counter()
+        results, _ = await stream_ulaw(engine, ulaw)
+        figures.wall_s += time.perf_counter() - began
+        figures.audio_s += len(ulaw) / 8000
+        finals = [t for t in results if t.is_final]
+        figures.finalize_ms += [t.compute_s * 1000 for t in finals]
+        figures.hyps[item.id] = " ".join(t.text for t in finals)
+    figures.wer = score(items, figures.hyps)
+    return figures
 
 
 async def stream_ulaw(engine: SpeechEngine, ulaw: bytes, pace: bool = False) -> tuple[list[Transcript], float]:
@@ -167,11 +193,11 @@ async def stream_ulaw(engine: SpeechEngine, ulaw: bytes, pace: bool = False) -> 
     return results, start
 
 
-def _stock(engine: SpeechEngine, items: list[Item]) -> Figures:
+def _stock(engine: SpeechEngine, items: list[Item], lead_s: float = 0.0) -> Figures:
     model = engine.recognizer(None).whisper
     figures = Figures()
     for item in items:
-        ulaw = telephone(item.audio, TAIL_S)
+        ulaw = telephone(item.audio, TAIL_S, lead_s)
         audio = resample_whole(decode(ulaw, Encoding.MULAW), 8000)
         began = time.perf_counter()
         segments, _ = model.transcribe(audio, beam_size=1, language="en")
@@ -275,6 +301,12 @@ def print_report(r: dict[str, object]) -> None:
             fin = f["finalize_ms"]
             print(f"{label:28s}{f['wer_pct']:8.2f}{fin.get('p50', 0):17.0f}{fin.get('p95', 0):9.0f}{f['rtf']:8.3f}")
         print(f"streaming - stock: {h['wer_pct'] - s['wer_pct']:+.2f} points")
+        shifted = dev.get("shifted")
+        if isinstance(shifted, dict):
+            print(f"started {', '.join(f'{ms:g}' for ms in shifted['lead_ms'])} ms later: hearsay "
+                  f"{shifted['hearsay_wer_pct']} mean {shifted['hearsay_mean']:.2f}, stock "
+                  f"{shifted['stock_wer_pct']} mean {shifted['stock_mean']:.2f}; streaming - stock "
+                  f"{shifted['hearsay_mean'] - shifted['stock_mean']:+.2f} points")
         cuts = dev["false_cuts"]
         print("false cuts: " + "; ".join(f"{k} pause {v['split']}/{v['sentences']} ({v['rate_pct']} %)"
                                          for k, v in cuts.items()))
