@@ -80,6 +80,16 @@ async def test_a_call_is_heard_word_for_word(engine: SpeechEngine) -> None:
     assert [t.index for t in got] == sorted(t.index for t in got)
 
 
+async def test_a_caller_who_speaks_as_the_line_opens_keeps_the_first_words(engine: SpeechEngine) -> None:
+    # Speech from the stream's 8th millisecond: Silero, from a fresh state, first hears this
+    # sentence about 0.7 s in, and its 300 ms of pre-roll alone lost "The forms".
+    audio = np.concatenate([speech.silence(0.008), speech.load("ljspeech-LJ001-0015"), speech.silence(1.0)])
+    (final,) = finals(await run_stream(engine, speech.telephone(audio)))
+    assert final.start_s == 0.0
+    words = re.sub(r"[^a-z ]", "", final.text.lower()).split()
+    assert words[0] == "the" and "printed" in words[:5], final.text
+
+
 async def test_two_sentences_become_two_finals_with_their_times(engine: SpeechEngine) -> None:
     a_id, b_id = "ljspeech-LJ001-0008", "timit-LDC93S1"
     a, b = speech.load(a_id), speech.load(b_id)

@@ -21,6 +21,12 @@ from a file), and `resolve_pause(end_after_s)` says how much silence ends this u
 (0: at once). Speech that resumes first continues the same utterance. Without a verdict
 (`flush`) the utterance ends as usual. So an utterance is a whole turn.
 
+The stream's first utterance, if its speech is heard within `OPENING_S`, takes the audio from
+the stream's start, not only `preroll_ms` of it: from a fresh state Silero can take most of a
+second to hear a soft first word (a sentence spoken from the first instant, "The forms of
+...", was heard from 0.70 s with 8 ms of silence before it and lost "The forms"), and a
+caller who speaks as the line opens must not lose it.
+
 Bursts shorter than `min_speech_ms` are discarded without any event, so every `SpeechStarted`
 is followed by exactly one `UtteranceEnded`, and the events of one utterance come in the order
 started, (paused, resumed)*, [paused], ended.
@@ -38,6 +44,8 @@ from app.settings import VadSettings
 SAMPLE_RATE = 16000
 CHUNK = 512  # samples per Silero step at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous chunk Silero sees with each step
+OPENING_S = 0.75  # speech heard this early in a stream takes the audio from its start
+_OPENING = int(OPENING_S * SAMPLE_RATE)
 _STATE_SHAPE = (2, 1, 128)
 
 
@@ -160,6 +168,7 @@ class VADStream:
         self._silence_start: int | None = None
         self._paused_sent = False
         self._probs: list[tuple[int, float]] = []  # (chunk index, prob) within the utterance
+        self._ended_any = False  # an utterance was announced and has ended
 
     # -- feeding -------------------------------------------------------------------------
     def append(self, samples: np.ndarray) -> None:
@@ -204,7 +213,7 @@ class VADStream:
         self._state = state
         self._pos += CHUNK
         self._step(chunk_start, prob)
-        if not self._speaking:
+        if not self._speaking and self._pos > _OPENING:
             self._audio.forget_before(self._pos - self._preroll - CHUNK)
 
     def take_events(self) -> list[VadEvent]:
@@ -278,6 +287,8 @@ class VADStream:
             self._events.append(SpeechStarted(self._start_index() / SAMPLE_RATE))
 
     def _start_index(self) -> int:
+        if self._utt_start < _OPENING and not self._ended_any:  # Silero may have heard it late
+            return self._audio.start
         return max(self._utt_start - self._preroll, self._audio.start, 0)
 
     def _end_utterance(self, speech_end: int, forced: bool) -> None:
@@ -286,6 +297,7 @@ class VADStream:
         if self._confirmed:  # else a burst too short to be speech: it was never announced
             self._events.append(UtteranceEnded(start / SAMPLE_RATE, end / SAMPLE_RATE,
                                                self._audio.slice(start, end), forced))
+            self._ended_any = True
         self._speaking = False
         self._confirmed = False
         self._silence_start = None
