@@ -138,20 +138,19 @@ async def _bench(engine: SpeechEngine, sets: list[DevSet], speech_dir: Path, rea
 
 
 async def _bench_set(engine: SpeechEngine, dev: DevSet, realtime: bool, shifts: int = 1) -> dict[str, object]:
-    runs = []
-    for k in range(shifts):
-        lead_s = k * SHIFT_SPAN_S / shifts
-        hearsay = await _hearsay(engine, dev.items, lead_s)
-        runs.append((lead_s, hearsay, await asyncio.to_thread(_stock, engine, dev.items, lead_s)))
+    leads = [k * SHIFT_SPAN_S / shifts for k in range(shifts)]
+    hearsays, stocks = [], []  # per lead
+    for lead_s in leads:
+        hearsays.append(await _hearsay(engine, dev.items, lead_s))
+        stocks.append(await asyncio.to_thread(_stock, engine, dev.items, lead_s))
     cuts = await _false_cuts(engine, dev.sentences)
     live = await _realtime(engine, dev.finished) if realtime else {}
-    _, hearsay, stock = runs[0]
-    report = {"items": len(dev.items), "hearsay": _summary(hearsay), "stock": _summary(stock),
+    report = {"items": len(dev.items), "hearsay": _summary(hearsays[0]), "stock": _summary(stocks[0]),
               "false_cuts": cuts, "realtime": live}
     if shifts > 1:
-        h = [round(r[1].wer * 100, 2) for r in runs]
-        s = [round(r[2].wer * 100, 2) for r in runs]
-        report["shifted"] = {"lead_ms": [round(r[0] * 1000, 1) for r in runs], "hearsay_wer_pct": h,
+        h = [round(f.wer * 100, 2) for f in hearsays]
+        s = [round(f.wer * 100, 2) for f in stocks]
+        report["shifted"] = {"lead_ms": [round(lead_s * 1000, 1) for lead_s in leads], "hearsay_wer_pct": h,
                              "stock_wer_pct": s, "hearsay_mean": round(float(np.mean(h)), 2),
                              "stock_mean": round(float(np.mean(s)), 2)}
     return report

@@ -12,7 +12,7 @@ none of the service's CPU, while each sipp process polls its sockets every milli
 1000 context switches a second each, 30 000 at 32 callers, a fifth of a core). At nice 19
 they yield the two cores to the service and its workers; if that makes them late, their audio
 reaches the service late and the lateness counts against the latency, which is measured from
-the end of speech in the planned audio. `--caller-nice 0` runs them as before 2026-11-30.
+the end of speech in the planned audio. With `--caller-nice 0` they compete for the CPU.
 
 A call's audio second 0 is taken as the `created_at` of its `call.started` (stamped as the
 service admits the call, just before its 200 OK, so latencies come out a round trip long
