@@ -63,6 +63,7 @@ class AsrSettings:
     workers: int = 2
     beam_size: int = 1
     interim_interval_ms: int = 1000
+    context_gap_ms: int = 0
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     max_repeats: int = 4
@@ -337,6 +338,8 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"vad.{name}: must not be negative")
     if vad.max_utterance_s < 1.0:
         raise SettingsError("vad.max_utterance_s: must be at least 1 second")
+    if settings.asr.context_gap_ms < 0:
+        raise SettingsError("asr.context_gap_ms: must not be negative (0: no context)")
     if settings.asr.malloc_arenas < 0:
         raise SettingsError("asr.malloc_arenas: must not be negative (0: the C library's default)")
     _validate_turn(settings.turn, vad)

@@ -11,6 +11,7 @@ bound's comment gives the words, the worst measured and what the bound allows.
 import asyncio
 import logging
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -125,6 +126,29 @@ async def test_a_caller_who_pauses_mid_sentence_gets_one_final_for_the_sentence(
         await pauses_only.aclose()
         pauses_only.close()
     assert len(split) >= 2 and all(t.end_of_turn for t in split), [t.text for t in split]
+
+
+async def test_with_context_a_sentence_cut_at_a_long_pause_keeps_each_part_to_its_own_words(
+        engine: SpeechEngine) -> None:
+    # The sentence of the test above, with 1.5 s between its halves: longer than [turn]
+    # max_silence_ms, so two finals. With [asr] context_gap_ms the second half is decoded after
+    # the first (its audio and its text); neither final may carry the other's words.
+    ids = ["ljspeech-LJ001-0012", "ljspeech-LJ001-0013"]
+    a, b = speech.load(ids[0]), speech.load(ids[1])
+    a, b = a[: int(speech_end_s(a, 16000) * 16000)], b[int(speech_start_s(b, 16000) * 16000) :]
+    audio = np.concatenate([a, speech.silence(1.5), b, speech.silence(2.0)])
+    in_context = SpeechEngine(engine.vad, engine.recognizers, replace(engine.asr_settings, context_gap_ms=3000),
+                              engine.vad_settings, engine.turn_model, engine.turn_settings)
+    try:
+        got = finals(await run_stream(in_context, speech.telephone(audio)))
+    finally:
+        await in_context.aclose()
+        in_context.close()
+    assert len(got) == 2, [t.text for t in got]
+    # 25 words; 1 wrong measured on this machine ("then" for "than"). A word costs 4 %: 13 % allows 3.
+    assert speech.wer(references(ids), texts(got)) <= 0.13, texts(got)
+    assert "printing" not in got[1].text.lower() and "ugly" not in got[0].text.lower(), [t.text for t in got]
+    assert got[0].end_s <= len(a) / 16000 + 0.5 < got[1].start_s
 
 
 async def test_each_judged_pause_is_logged_with_what_the_verdict_read(

@@ -11,7 +11,7 @@ import speech
 
 from app.pipeline.decode import decode
 from app.pipeline.engine import SpeechEngine
-from app.pipeline.recognize import Recognizer, cut_repetitions
+from app.pipeline.recognize import Context, Recognizer, cut_repetitions
 from app.pipeline.resample import resample_whole
 from app.pipeline.types import Encoding
 
@@ -83,3 +83,28 @@ def test_a_batch_hears_what_each_utterance_alone_hears(recognizer: Recognizer) -
     # measured. Padding to the longest changes the encoder's input a little: 6 % lets the
     # batch have 2 more words wrong.
     assert speech.wer(references(clips), batch_text) <= speech.wer(references(clips), alone_text) + 0.06, batch_text
+
+
+def test_a_context_is_heard_but_only_the_utterances_own_words_come_back(recognizer: Recognizer) -> None:
+    # One sentence read over two clips, cut between them: the second part is decoded after the
+    # first (its audio, and its text forced as the transcript's start).
+    before_id, own_id = "ljspeech-LJ001-0012", "ljspeech-LJ001-0013"
+    before, own = over_phone(before_id), over_phone(own_id)
+    context = Context(np.concatenate([before, np.zeros(4800, np.float32)]), speech.reference(before_id))
+    (result,) = recognizer.transcribe_batch([own], word_timestamps=True, sentence_end=True, contexts=[context])
+    # 7 words ("than in the same operations with ugly ones"); 0 wrong measured. 30 % allows 2.
+    assert speech.wer(speech.reference(own_id), result.text) <= 0.30, result.text
+    assert "printing" not in result.text.lower()  # nothing of the context comes back
+    # word times count from the utterance's own start, as without a context
+    assert result.words and 0.0 <= result.words[0].start_s < 1.0, result.words
+    assert result.words[-1].end_s <= len(own) / 16000 + 0.05
+    assert 0.3 < result.confidence <= 1.0
+
+
+def test_noise_after_speech_gives_no_words_with_a_context(recognizer: Recognizer) -> None:
+    before = over_phone("ljspeech-LJ001-0012")
+    context = Context(before, recognizer.transcribe(before).text)
+    noise = speech.load("noise-dishes")[: 16000 * 8]
+    for level in (0.05, 0.3):
+        (result,) = recognizer.transcribe_batch([noise * level], sentence_end=True, contexts=[context])
+        assert result.text == "", (level, result.text)

@@ -110,7 +110,8 @@ class SpeechEngine:
                             vad_batcher=self._vad_batcher, asr=self._asr, recognizer=recognizer,
                             language=language, interim_interval_s=max(interim_ms, 0) / 1000,
                             word_timestamps=words, prompt=prompt, turns=self._turns,
-                            turn_settings=self.turn_settings)
+                            turn_settings=self.turn_settings,
+                            context_gap_s=max(self.asr_settings.context_gap_ms, 0) / 1000)
 
     async def aclose(self) -> None:
         """Stop the schedulers' tasks (streams still open stop getting results). The next

@@ -19,6 +19,12 @@ waits for the verdict (`turn.end_after_s`, from the model's probability and, whe
 how much silence ends the utterance. So
 an utterance is the caller's whole turn, and a pause mid-sentence does not split it.
 
+An utterance that starts within `context_gap_s` of the end of one the turn policy was not sure
+had finished (its pause was judged unsure or unfinished, or not judged) is decoded after it
+(`recognize.Context`: its audio, and its final's text forced as the transcript's start), so a
+sentence cut at a long pause is still decoded with what came before; its final waits for the
+previous one's, which it would be published after anyway.
+
 `results()` yields, for each utterance `index` (0, 1, ... in stream order):
 - `SpeechEvent`s as soon as the VAD decides, never held back: STARTED once the utterance has
   `min_speech_ms` of speech (`at_s` is where its audio begins, the final's `start_s`), PAUSED
@@ -51,7 +57,7 @@ import numpy as np
 
 from app.pipeline.decode import decode
 from app.pipeline.errors import AudioFormatError, StreamClosedError
-from app.pipeline.recognize import Recognition, Recognizer
+from app.pipeline.recognize import Context, Recognition, Recognizer
 from app.pipeline.resample import Resampler
 from app.pipeline.scheduling import AsrScheduler, Priority, TurnBatcher, VadBatcher
 from app.pipeline.turn import end_after_s
@@ -77,6 +83,8 @@ from app.settings import TurnSettings
 log = logging.getLogger(__name__)
 JUDGED_LOG = "hearsay.turns"  # one DEBUG record per judged pause (EngineStream._judge)
 judged_log = logging.getLogger(JUDGED_LOG)
+CONTEXT_GAP_FILL_S = 0.3  # silence put between a context and its utterance, at most
+CONTEXT_MAX_S = 10.0  # a longer previous utterance is not decoded again as context
 
 
 class EngineStream:
@@ -91,10 +99,12 @@ class EngineStream:
     def __init__(self, audio: AudioFormat, *, vad: VADStream, vad_batcher: VadBatcher,
                  asr: AsrScheduler, recognizer: Recognizer, language: str | None,
                  interim_interval_s: float, word_timestamps: bool, prompt: str | None = None,
-                 turns: TurnBatcher | None = None, turn_settings: TurnSettings | None = None) -> None:
+                 turns: TurnBatcher | None = None, turn_settings: TurnSettings | None = None,
+                 context_gap_s: float = 0.0) -> None:
         """`interim_interval_s` of 0 asks for no interims; `prompt` is the vocabulary given to
         the recognizer as previous text. `turns` (with `turn_settings`): the end-of-turn model
-        that judges each pause; `vad` must then be a turn-mode stream."""
+        that judges each pause; `vad` must then be a turn-mode stream. `context_gap_s`: how
+        soon after an utterance the next is decoded after it (0: never; module doc)."""
         self.format = audio
         self._vad = vad
         self._vad_batcher = vad_batcher
@@ -123,6 +133,9 @@ class EngineStream:
         self._turns = turns
         self._turn_settings = turn_settings or TurnSettings()
         self._verdict: asyncio.Task[float] | None = None
+        self._ends_after_s: float | None = None  # the last verdict: silence that ends the turn
+        self._context_gap_s = context_gap_s
+        self._previous: tuple[UtteranceEnded, asyncio.Future[Recognition]] | None = None
         self.received_bytes = 0
         self.dropped_frames = 0
         loop = asyncio.get_running_loop()
@@ -227,7 +240,8 @@ class EngineStream:
                 # The VAD stops at a scored pause until its verdict: live or from a file, the
                 # verdict applies to exactly the audio it judged.
                 verdict, self._verdict = self._verdict, None
-                self._vad.resolve_pause(await verdict)
+                self._ends_after_s = await verdict
+                self._vad.resolve_pause(self._ends_after_s)
             elif self._vad.ready:
                 await self._vad_batcher.step(self._vad)
             else:
@@ -240,13 +254,14 @@ class EngineStream:
                 self._last_interim_at = event.start_s
                 self._announce(SpeechEventKind.STARTED, event.start_s)
             elif isinstance(event, SpeechPaused):
-                self._speculation = (event.end_s, self._submit(Priority.FINAL, event.audio))
+                self._speculation = (event.end_s, self._submit_final(event.start_s, event.audio))
                 if self._turns is not None:
                     self._verdict = asyncio.get_running_loop().create_task(
                         self._judge(self._turns, event.audio, self._speculation[1], event.end_s),
                         name="turn-verdict")
                 self._announce(SpeechEventKind.PAUSED, event.end_s)
             elif isinstance(event, SpeechResumed):
+                self._ends_after_s = None
                 self._drop_speculation()
                 self._announce(SpeechEventKind.RESUMED, event.at_s)
             elif isinstance(event, UtteranceEnded):
@@ -256,9 +271,15 @@ class EngineStream:
                     self._speculation = None
                 self._drop_speculation()
                 if future is None:
-                    future = self._submit(Priority.FINAL, event.audio)
+                    future = self._submit_final(event.start_s, event.audio)
                 self._announce(SpeechEventKind.ENDED, event.end_s)
                 self._queue_final(self._index, event, future)
+                # Only a turn the policy was not sure had ended is context for the next utterance
+                # (a finished sentence is not, even when the caller goes on at once).
+                quickest = self._vad.settings.min_silence_ms / 1000
+                finished = self._ends_after_s is not None and self._ends_after_s <= quickest
+                self._previous = None if finished else (event, future)
+                self._ends_after_s = None
                 self._index += 1
 
     async def _judge(self, turns: TurnBatcher, audio: np.ndarray,
@@ -292,6 +313,30 @@ class EngineStream:
 
     def _submit(self, priority: Priority, audio: np.ndarray) -> asyncio.Future[Recognition]:
         return self._asr.submit(priority, audio, self._recognizer, self._language, self._words, self._prompt)
+
+    def _submit_final(self, start_s: float, audio: np.ndarray) -> asyncio.Future[Recognition]:
+        """The final's recognition of the utterance starting at `start_s`: after the previous
+        utterance's when that ended less than `context_gap_s` before (module doc)."""
+        previous = self._previous
+        if (previous is None or start_s - previous[0].end_s > self._context_gap_s
+                or len(previous[0].audio) > CONTEXT_MAX_S * SAMPLE_RATE):
+            return self._submit(Priority.FINAL, audio)
+        return asyncio.get_running_loop().create_task(self._after(previous, start_s, audio), name="final-in-context")
+
+    async def _after(self, previous: tuple[UtteranceEnded, asyncio.Future[Recognition]], start_s: float,
+                     audio: np.ndarray) -> Recognition:
+        ended, recognition = previous
+        # Waited on, never awaited: withdrawing this final must not cancel the previous one.
+        await asyncio.wait([recognition])
+        context = None
+        if not recognition.cancelled() and recognition.exception() is None and recognition.result().text:
+            # The previous utterance's audio up to where this one's starts (their edges may
+            # overlap by the VAD's padding), then the silence between them, at most CONTEXT_GAP_FILL_S.
+            own = ended.audio[: max(0, round((start_s - ended.start_s) * SAMPLE_RATE))]
+            pause = np.zeros(int(min(max(0.0, start_s - ended.end_s), CONTEXT_GAP_FILL_S) * SAMPLE_RATE), np.float32)
+            context = Context(np.concatenate([own, pause]), recognition.result().text)
+        return await self._asr.submit(Priority.FINAL, audio, self._recognizer, self._language, self._words,
+                                      self._prompt, context)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:

@@ -11,12 +11,19 @@ loops ("ten of clubs ten of clubs ..."). So we encode the utterance plus a littl
 splice the result onto the encoder output of 30 s of silence, computed once at load time:
 the decoder gets the full-length context it expects, whose tail is what silence looks like.
 `python -m app bench engine` measures both paths on the same clips.
+
+Context across utterances. An utterance decoded on its own has lost what came just before it,
+which a whole-clip decode has ("may be considered" heard as "maybe consider it" after a cut at
+"purpose,"). Given a `Context` (the previous utterance's audio and its final's text), the
+utterance is decoded after that audio with that text forced as the start of the transcript,
+and only what follows the forced text is its result.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +41,7 @@ _WINDOW_S = 30
 _TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
 _MAX_TOKENS = 440
 _MAX_PROMPT_TOKENS = 223  # Whisper's limit for previous text: half its 448-token context
+_CONTEXT_LENGTH = 448  # Whisper's decoder positions: prompt and transcript together
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,15 @@ class Recognition:
     # mark, at the step where it ended (its punctuation, or the end of text when it has none):
     # how sure it is that a sentence ended. Asked for with `sentence_end=True`, else 0.
     sentence_end: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the speaker said just before an utterance (module doc): the audio up to where the
+    utterance's own starts (16 kHz), and the text recognised in it."""
+
+    audio: np.ndarray
+    text: str
 
 
 class Recognizer:
@@ -101,18 +118,25 @@ class Recognizer:
 
     def transcribe_batch(self, items: list[np.ndarray], language: str | None = None,
                          word_timestamps: bool = False, prompt: str | None = None,
-                         sentence_end: bool = False) -> list[Recognition]:
+                         sentence_end: bool = False,
+                   contexts: Sequence[Context | None] | None = None) -> list[Recognition]:
         """Recognise several utterances in one pass of the model.
 
         One batch costs much less than its utterances one by one, which is what keeps the
         latency of calls that finish speaking at the same moment low. Each utterance is padded
         to the longest (extra silence is harmless: it is what the spliced tail looks like).
+        `contexts` (one per item, or None) are decoded before their utterances (module doc);
+        a context that would not leave the utterance its whole length in the window is ignored.
         """
         began = time.perf_counter()
-        durations = [min(len(a) / SAMPLE_RATE, _WINDOW_S - _TAIL_S) for a in items]
+        own = [min(len(a) / SAMPLE_RATE, _WINDOW_S - _TAIL_S) for a in items]
+        contexts = [c if c is not None and (len(c.audio) + len(a)) / SAMPLE_RATE <= _WINDOW_S - _TAIL_S else None
+                    for a, c in zip(items, contexts or [None] * len(items), strict=True)]
+        joined = [a if c is None else np.concatenate([c.audio, a]) for a, c in zip(items, contexts, strict=True)]
+        durations = [min(len(a) / SAMPLE_RATE, _WINDOW_S - _TAIL_S) for a in joined]
         length_s = min(float(_WINDOW_S), np.ceil(max(durations) + _TAIL_S))
         padded = np.zeros((len(items), int(length_s * SAMPLE_RATE)), dtype=np.float32)
-        for row, audio in zip(padded, items, strict=True):
+        for row, audio in zip(padded, joined, strict=True):
             usable = audio[: len(row)]
             row[: len(usable)] = usable
         short = self._encode_batch(padded)
@@ -124,19 +148,33 @@ class Recognizer:
         toks = [self._tokenizer(lang) for lang in langs]
         # `prompt` (a session's vocabulary) goes in as "previous text", as Whisper's
         # initial_prompt does: it biases spelling and names without being transcribed.
-        prompts = [[*self._previous(tok, prompt), *tok.sot_sequence, tok.no_timestamps] for tok in toks]
+        forced = [[] if c is None else tok.encode(" " + c.text.strip()) for c, tok in zip(contexts, toks, strict=True)]
+        prompts = [[*self._previous(tok, prompt), *tok.sot_sequence, tok.no_timestamps, *f]
+                   for tok, f in zip(toks, forced, strict=True)]
+        # The forced text counts against max_length as generated tokens do, and (measured with
+        # CTranslate2 4.x) the transcript returned is at most half of max_length long: the bound
+        # for the utterance's own tokens comes on top of twice the forced text.
+        longest_forced = max(len(f) for f in forced)
+        start = len(prompts[0]) - len(forced[0])
+        max_length = min(2 * _CONTEXT_LENGTH,
+                         min(_MAX_TOKENS, int(12 + 8 * max(own))) + start - 4 + 2 * longest_forced)
         results = self._model.model.generate(
-            enc_view, prompts, beam_size=self._settings.beam_size,
-            max_length=min(_MAX_TOKENS, int(12 + 8 * max(durations))) + len(prompts[0]) - 4, return_scores=True,
-            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
-            return_logits_vocab=sentence_end,
+            enc_view, prompts, beam_size=self._settings.beam_size, max_length=max_length,
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
+            return_logits_vocab=sentence_end or longest_forced > 0,
         )
         out = []
-        for k, (result, tok, lang, duration) in enumerate(zip(results, toks, langs, durations, strict=True)):
-            tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
-            tokens = tokens[: int(12 + 8 * duration)]  # the batch's bound is the longest item's
-            avg_logprob = float(result.scores[0]) if result.scores else -10.0
+        for k, (result, tok, lang) in enumerate(zip(results, toks, langs, strict=True)):
+            generated = [t for t in result.sequences_ids[0] if t < tok.eot]
+            skip = len(forced[k])  # the forced text, which is not this utterance's
+            tokens = generated[skip:][: int(12 + 8 * own[k])]  # the batch's bound is the longest item's
             no_speech = float(result.no_speech_prob)
+            if forced[k]:
+                # The score and the no-speech probability describe the context as well; the
+                # utterance's own tokens are judged by their own log-probabilities.
+                avg_logprob = _mean_logprob(result.logits[0], generated, skip, tok.eot)
+            else:
+                avg_logprob = float(result.scores[0]) if result.scores else -10.0
             text = tok.decode(tokens).strip()
             if self._is_silence(text, no_speech, avg_logprob):
                 text, tokens = "", []
@@ -144,13 +182,24 @@ class Recognizer:
             words: tuple[Word, ...] = ()
             if word_timestamps and tokens:
                 one = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc[k : k + 1]))
-                words = self._align(tok, tokens, one, duration)
+                offset_s = (len(joined[k]) - len(items[k])) / SAMPLE_RATE  # the context's length
+                words = self._align(tok, generated[:skip], tokens, one, durations[k], offset_s)
             out.append(Recognition(
                 text=text, confidence=float(np.clip(np.exp(avg_logprob), 0.0, 1.0)), language=lang,
                 no_speech_prob=no_speech, avg_logprob=avg_logprob, words=words,
                 compute_s=time.perf_counter() - began,
-                sentence_end=self._sentence_end(tok, tokens, result.logits[0]) if sentence_end and tokens else 0.0,
+                sentence_end=(self._sentence_end(tok, generated[:skip] + tokens, result.logits[0])
+                              if sentence_end and tokens else 0.0),
             ))
+        # After a context, noise is heard as "You" (the no-speech probability reads the context's
+        # speech), but with a low log-probability: a doubtful or empty result is decoded again
+        # alone, where the silence guards apply as they would without the context.
+        again = [k for k, r in enumerate(out) if forced[k] and (
+            not r.text or r.avg_logprob < self._settings.log_prob_threshold)]
+        if again:
+            alone = self.transcribe_batch([items[k] for k in again], language, word_timestamps, prompt, sentence_end)
+            for k, result in zip(again, alone, strict=True):
+                out[k] = result
         return out
 
     @staticmethod
@@ -189,15 +238,34 @@ class Recognizer:
             return False
         return avg_logprob < s.log_prob_threshold or no_speech > (1 + s.no_speech_threshold) / 2
 
-    def _align(self, tok: Tokenizer, tokens: list[int], enc: ctranslate2.StorageView,
-               duration: float) -> tuple[Word, ...]:
+    def _align(self, tok: Tokenizer, forced: list[int], tokens: list[int], enc: ctranslate2.StorageView,
+               duration: float, offset_s: float) -> tuple[Word, ...]:
+        """Word timings of `tokens`, aligned after the `forced` context tokens on the whole
+        audio, in seconds from `offset_s` (where the utterance's own audio starts)."""
         frames = int(duration * _FRAMES_PER_S)
-        aligned = self._model.find_alignment(tok, [tokens], enc, frames)[0]
-        return tuple(
-            Word(text=w["word"].strip(), start_s=float(w["start"]), end_s=float(w["end"]),
-                 probability=float(w["probability"]))
-            for w in aligned if w["word"].strip()
-        )
+        aligned = self._model.find_alignment(tok, [forced + tokens], enc, frames)[0]
+        words, seen = [], 0
+        for w in aligned:
+            seen += len(w["tokens"])
+            if seen <= len(forced) or not w["word"].strip():
+                continue
+            words.append(Word(text=w["word"].strip(), start_s=max(0.0, float(w["start"]) - offset_s),
+                              end_s=max(0.0, float(w["end"]) - offset_s), probability=float(w["probability"])))
+        return tuple(words)
+
+
+def _mean_logprob(logits: list[ctranslate2.StorageView], generated: list[int], start: int, eot: int) -> float:
+    """The mean log-probability of `generated[start:]` and the end of text, from the logits of
+    each step (the average Whisper's own score gives a transcript, over these steps only)."""
+    steps = [*generated[start:], eot][: max(0, len(logits) - start)]
+    if not steps:
+        return -10.0
+    total = 0.0
+    for i, token in enumerate(steps):
+        scores = np.asarray(logits[start + i], dtype=np.float64).reshape(-1)
+        peak = scores.max()
+        total += scores[token] - peak - np.log(np.exp(scores - peak).sum())
+    return total / len(steps)
 
 
 def cut_repetitions(text: str, max_repeats: int) -> str:

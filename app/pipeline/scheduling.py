@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from app.pipeline.recognize import Recognition, Recognizer
+from app.pipeline.recognize import Context, Recognition, Recognizer
 from app.pipeline.turn import SmartTurn
 from app.pipeline.vad import SileroVAD, VADStream
 
@@ -211,6 +212,7 @@ class _Job:
     words: bool = field(compare=False)
     future: asyncio.Future[Recognition] = field(compare=False)
     prompt: str | None = field(default=None, compare=False)  # the stream's vocabulary
+    context: Context | None = field(default=None, compare=False)  # what was said just before
 
 
 class _JobQueue:
@@ -263,12 +265,14 @@ class AsrScheduler:
                        for i in range(self._workers)]
 
     def submit(self, priority: Priority, audio: np.ndarray, recognizer: Recognizer,
-               language: str | None, words: bool, prompt: str | None = None) -> asyncio.Future[Recognition]:
-        """Queue one utterance (16 kHz) for recognition. Cancelling the future withdraws the
-        job if it has not started (a job that has started still runs, its result unused).
+               language: str | None, words: bool, prompt: str | None = None,
+               context: Context | None = None) -> asyncio.Future[Recognition]:
+        """Queue one utterance (16 kHz) for recognition, decoded after `context` if given.
+        Cancelling the future withdraws the job if it has not started (a job that has started
+        still runs, its result unused).
         Finals come back with Whisper's `sentence_end` (the end-of-turn policy reads it)."""
         future: asyncio.Future[Recognition] = asyncio.get_running_loop().create_future()
-        self._jobs.put(_Job(priority, next(self._seq), audio, recognizer, language, words, future, prompt))
+        self._jobs.put(_Job(priority, next(self._seq), audio, recognizer, language, words, future, prompt, context))
         return future
 
     async def aclose(self) -> None:
@@ -289,10 +293,9 @@ class AsrScheduler:
             job = await self._jobs.get(finals_only)
             batch = [job, *self._take_batchable(job)]
             try:
-                results = await loop.run_in_executor(
-                    self._pool, job.recognizer.transcribe_batch,
-                    [j.audio for j in batch], job.language, job.words, job.prompt,
-                    job.priority is Priority.FINAL)
+                results = await loop.run_in_executor(self._pool, functools.partial(
+                    job.recognizer.transcribe_batch, [j.audio for j in batch], job.language, job.words,
+                    job.prompt, sentence_end=job.priority is Priority.FINAL, contexts=[j.context for j in batch]))
             except Exception as exc:
                 for j in batch:
                     if not j.future.done():
