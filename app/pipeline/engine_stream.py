@@ -318,7 +318,7 @@ class EngineStream:
         """The final's recognition of the utterance starting at `start_s`: after the previous
         utterance's when that ended less than `context_gap_s` before (module doc)."""
         previous = self._previous
-        if (previous is None or start_s - previous[0].end_s > self._context_gap_s
+        if (not self._context_gap_s or previous is None or start_s - previous[0].end_s > self._context_gap_s
                 or len(previous[0].audio) > CONTEXT_MAX_S * SAMPLE_RATE):
             return self._submit(Priority.FINAL, audio)
         return asyncio.get_running_loop().create_task(self._after(previous, start_s, audio), name="final-in-context")
