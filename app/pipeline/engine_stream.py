@@ -315,8 +315,9 @@ class EngineStream:
         return self._asr.submit(priority, audio, self._recognizer, self._language, self._words, self._prompt)
 
     def _submit_final(self, start_s: float, audio: np.ndarray) -> asyncio.Future[Recognition]:
-        """The final's recognition of the utterance starting at `start_s`: after the previous
-        utterance's when that ended less than `context_gap_s` before (module doc)."""
+        """The final's recognition of the utterance starting at `start_s`: in the context of the
+        previous utterance when that one is kept as context (its turn end was not sure) and
+        ended less than `context_gap_s` before (module doc)."""
         previous = self._previous
         if (not self._context_gap_s or previous is None or start_s - previous[0].end_s > self._context_gap_s
                 or len(previous[0].audio) > CONTEXT_MAX_S * SAMPLE_RATE):
@@ -332,9 +333,9 @@ class EngineStream:
         if not recognition.cancelled() and recognition.exception() is None and recognition.result().text:
             # The previous utterance's audio up to where this one's starts (their edges may
             # overlap by the VAD's padding), then the silence between them, at most CONTEXT_GAP_FILL_S.
-            own = ended.audio[: max(0, round((start_s - ended.start_s) * SAMPLE_RATE))]
+            before = ended.audio[: max(0, round((start_s - ended.start_s) * SAMPLE_RATE))]
             pause = np.zeros(int(min(max(0.0, start_s - ended.end_s), CONTEXT_GAP_FILL_S) * SAMPLE_RATE), np.float32)
-            context = Context(np.concatenate([own, pause]), recognition.result().text)
+            context = Context(np.concatenate([before, pause]), recognition.result().text)
         return await self._asr.submit(Priority.FINAL, audio, self._recognizer, self._language, self._words,
                                       self._prompt, context)
 
