@@ -30,7 +30,7 @@ from service_helpers import SECRET, clip, make_settings, reference, wer, write_d
 
 from app.bench.consumer import WebhookConsumer
 from app.calls import Call, EndReason, PlaybackState
-from app.calls.media import MediaUnsupported, check_sip_uri, frames_of
+from app.calls.media import MediaUnsupported, Playback, check_sip_uri, frames_of
 from app.keys import CALL_HUB
 from app.pipeline.decode import decode_pcm16, encode
 from app.pipeline.engine import SpeechEngine
@@ -270,6 +270,13 @@ async def test_played_speech_reaches_the_caller_paced_and_intelligible(
     assert wer(reference(SPOKEN), heard) <= 0.2, heard
 
 
+async def played_for(playback: Playback, seconds: float) -> None:
+    """Wait until `seconds` of `playback` have gone out to the caller (a fixed sleep is not
+    enough on a loaded machine: the playback may not have started by then)."""
+    while playback.frames_played < seconds * 50:  # noqa: ASYNC110 (polled state, nothing to await)
+        await asyncio.sleep(0.02)
+
+
 async def test_clear_stops_the_speech_mid_playback(
     engine: Any, consumer: WebhookConsumer, tmp_path: Path
 ) -> None:
@@ -281,7 +288,7 @@ async def test_clear_stops_the_speech_mid_playback(
         later = call.media.play(pcm, 16000)
         async with asyncio.timeout(WAIT_S):
             assert await lead.wait() is PlaybackState.FINISHED
-        await asyncio.sleep(0.5)
+            await played_for(playback, 0.5)
         stopped = call.media.clear()
         cleared_at = time.monotonic()
         assert stopped == [playback, later]  # not the lead: that one had finished
@@ -307,7 +314,8 @@ async def test_hangup_ends_the_call_as_agent_hangup(
     settings = sip_app_settings(tmp_path, consumer, **QUIET_CALLER)
     async with listening_call(settings, engine, consumer, tmp_path) as (call, _, caller):
         playback = call.media.play(clip(SPOKEN), 16000)
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(WAIT_S):
+            await played_for(playback, 0.5)
         await call.media.hangup()
         async with asyncio.timeout(WAIT_S):
             await call.wait_ended()
