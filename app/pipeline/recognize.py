@@ -41,7 +41,6 @@ _WINDOW_S = 30
 _TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
 _MAX_TOKENS = 440
 _MAX_PROMPT_TOKENS = 223  # Whisper's limit for previous text: half its 448-token context
-_CONTEXT_LENGTH = 448  # Whisper's decoder positions: prompt and transcript together
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +150,11 @@ class Recognizer:
         forced = [[] if c is None else tok.encode(" " + c.text.strip()) for c, tok in zip(contexts, toks, strict=True)]
         prompts = [[*self._previous(tok, prompt), *tok.sot_sequence, tok.no_timestamps, *f]
                    for tok, f in zip(toks, forced, strict=True)]
-        # The forced text counts against max_length as generated tokens do, and (measured with
-        # CTranslate2 4.x) the transcript returned is at most half of max_length long: the bound
-        # for the utterance's own tokens comes on top of twice the forced text.
+        # CTranslate2 (4.8, measured) returns at most half of max_length tokens, the forced
+        # text included: the budget is twice the utterance's bound plus the forced text.
         longest_forced = max(len(f) for f in forced)
         start = len(prompts[0]) - len(forced[0])
-        max_length = min(2 * _CONTEXT_LENGTH,
-                         min(_MAX_TOKENS, int(12 + 8 * max(own))) + start - 4 + 2 * longest_forced)
+        max_length = 2 * (min(_MAX_TOKENS, int(12 + 8 * max(own))) + longest_forced) + start
         results = self._model.model.generate(
             enc_view, prompts, beam_size=self._settings.beam_size, max_length=max_length,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
