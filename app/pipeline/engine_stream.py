@@ -274,11 +274,7 @@ class EngineStream:
                     future = self._submit_final(event.start_s, event.audio)
                 self._announce(SpeechEventKind.ENDED, event.end_s)
                 self._queue_final(self._index, event, future)
-                # Only a turn the policy was not sure had ended is context for the next utterance
-                # (a finished sentence is not, even when the caller goes on at once).
-                quickest = self._vad.settings.min_silence_ms / 1000
-                finished = self._ends_after_s is not None and self._ends_after_s <= quickest
-                self._previous = None if finished else (event, future)
+                self._previous = (event, future) if self._is_context(event) else None
                 self._ends_after_s = None
                 self._index += 1
 
@@ -314,13 +310,20 @@ class EngineStream:
     def _submit(self, priority: Priority, audio: np.ndarray) -> asyncio.Future[Recognition]:
         return self._asr.submit(priority, audio, self._recognizer, self._language, self._words, self._prompt)
 
+    def _is_context(self, ended: UtteranceEnded) -> bool:
+        """Whether `ended`, which just ended, is context for the next utterance: only with
+        `context_gap_s`, at most `CONTEXT_MAX_S` long, and only a turn the policy was not sure
+        had ended (a finished sentence is not, even when the caller goes on at once)."""
+        quickest = self._vad.settings.min_silence_ms / 1000
+        finished = self._ends_after_s is not None and self._ends_after_s <= quickest
+        return bool(self._context_gap_s) and len(ended.audio) <= CONTEXT_MAX_S * SAMPLE_RATE and not finished
+
     def _submit_final(self, start_s: float, audio: np.ndarray) -> asyncio.Future[Recognition]:
         """The final's recognition of the utterance starting at `start_s`: in the context of the
         previous utterance when that one is kept as context (its turn end was not sure) and
         ended less than `context_gap_s` before (module doc)."""
         previous = self._previous
-        if (not self._context_gap_s or previous is None or start_s - previous[0].end_s > self._context_gap_s
-                or len(previous[0].audio) > CONTEXT_MAX_S * SAMPLE_RATE):
+        if previous is None or start_s - previous[0].end_s > self._context_gap_s:
             return self._submit(Priority.FINAL, audio)
         return asyncio.get_running_loop().create_task(self._after(previous, start_s, audio), name="final-in-context")
 

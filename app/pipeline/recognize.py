@@ -212,9 +212,8 @@ class Recognizer:
             return 0.0
         # The step that ended the text: its last punctuation mark, or the end-of-text token.
         step = len(tokens) - 1 if not tok.decode(tokens[-1:]).strip().isalnum() else len(tokens)
-        scores = np.asarray(logits[min(step, len(logits) - 1)], dtype=np.float64).reshape(-1)
-        probs = np.exp(scores - scores.max())
-        return float(probs[self._stop_tokens[tok]].sum() / probs.sum())
+        log_probs = _log_probs(logits[min(step, len(logits) - 1)])
+        return float(np.exp(log_probs[self._stop_tokens[tok]]).sum())
 
     def _pick_languages(self, enc: ctranslate2.StorageView, language: str | None, count: int) -> list[str]:
         wanted = language or self._settings.language
@@ -257,12 +256,14 @@ def _mean_logprob(logits: list[ctranslate2.StorageView], generated: list[int], s
     steps = [*generated[start:], eot][: max(0, len(logits) - start)]
     if not steps:
         return -10.0
-    total = 0.0
-    for i, token in enumerate(steps):
-        scores = np.asarray(logits[start + i], dtype=np.float64).reshape(-1)
-        peak = scores.max()
-        total += scores[token] - peak - np.log(np.exp(scores - peak).sum())
-    return total / len(steps)
+    return float(np.mean([_log_probs(logits[start + i])[token] for i, token in enumerate(steps)]))
+
+
+def _log_probs(step: ctranslate2.StorageView) -> np.ndarray:
+    """Log-probabilities over the vocabulary from one decoding step's logits."""
+    scores = np.asarray(step, dtype=np.float64).reshape(-1)
+    shifted = scores - scores.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 def cut_repetitions(text: str, max_repeats: int) -> str:
