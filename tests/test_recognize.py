@@ -69,6 +69,10 @@ def test_repetition_loops_are_cut() -> None:
     assert cut_repetitions("ten of clubs " * 6, 2) == "ten of clubs ten of clubs"
     assert cut_repetitions("yes yes yes yes yes yes yes", 4) == "yes yes yes yes"
     assert cut_repetitions("one zero zero zero one", 4) == "one zero zero zero one"
+    # A looping number has no spaces: its groups are words too.
+    assert cut_repetitions("1,0001, 9,0002,10,0001,0001,0001,0001,0001,0001,0001,", 4) == (
+        "1,0001, 9,0002,10,0001,0001,0001,0001,")
+    assert cut_repetitions("Basel, Paris, Lyon and Vienna.", 1) == "Basel, Paris, Lyon and Vienna."
 
 
 def test_a_batch_hears_what_each_utterance_alone_hears(recognizer: Recognizer) -> None:

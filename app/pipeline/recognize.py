@@ -267,8 +267,11 @@ def _log_probs(step: ctranslate2.StorageView) -> np.ndarray:
 
 
 def cut_repetitions(text: str, max_repeats: int) -> str:
-    """Cut a phrase repeated more than `max_repeats` times in a row (Whisper's loop failure)."""
-    words = text.split()
+    """Cut a phrase repeated more than `max_repeats` times in a row (Whisper's loop failure).
+    Words are split at spaces and at commas, since a looping number has no spaces
+    ("10,0001,0001,0001,...")."""
+    units = _UNIT.findall(text)  # each word with the comma and spaces after it
+    words = [unit.rstrip().rstrip(",") for unit in units]
     if max_repeats <= 0 or len(words) <= max_repeats:
         return text
     for n in range(1, 9):
@@ -280,5 +283,9 @@ def cut_repetitions(text: str, max_repeats: int) -> str:
                 count += 1
             if count > max_repeats:
                 del words[i + max_repeats * n : i + count * n]
+                del units[i + max_repeats * n : i + count * n]
             i += 1
-    return " ".join(words)
+    return "".join(units).strip()
+
+
+_UNIT = re.compile(r"[^\s,]+,?\s*|,\s*")
