@@ -94,6 +94,7 @@ class TurnSettings:
     unsure_silence_ms: int = 600
     max_silence_ms: int = 1200
     probe_trim_ms: int = 100
+    number_silence_ms: int = 1500
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,3 +362,5 @@ def _validate_turn(turn: TurnSettings, vad: VadSettings) -> None:
         raise SettingsError(f"turn.probe_trim_ms: must be between 0 and [vad] speech_pad_ms ({vad.speech_pad_ms})")
     if not vad.min_silence_ms <= turn.unsure_silence_ms <= turn.max_silence_ms:
         raise SettingsError("turn.unsure_silence_ms: must be between [vad] min_silence_ms and turn.max_silence_ms")
+    if turn.number_silence_ms and turn.number_silence_ms < vad.min_silence_ms:
+        raise SettingsError("turn.number_silence_ms: must be 0 (no such rule) or at least [vad] min_silence_ms")

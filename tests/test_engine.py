@@ -128,6 +128,26 @@ async def test_a_caller_who_pauses_mid_sentence_gets_one_final_for_the_sentence(
     assert len(split) >= 2 and all(t.end_of_turn for t in split), [t.text for t in split]
 
 
+async def test_a_caller_reading_a_number_in_groups_gets_one_final_for_it(engine: SpeechEngine) -> None:
+    # "one zero zero zero one ... nine oh two one oh ... zero one eight zero three", with about
+    # 1.0 and 1.3 s between the groups: longer than the unsure wait, but each group's words
+    # end in a digit ("1,0001", "90210"), so the turn waits [turn] number_silence_ms.
+    clip = "digits-10001-90210-01803"
+    audio = np.concatenate([speech.load(clip), speech.silence(2.5)])
+    (final,) = finals(await run_stream(engine, speech.telephone(audio)))
+    assert final.start_s < 1.0 and final.end_s > 7.5, final
+    assert re.sub(r"\D", "", final.text).startswith("10001"), final.text
+    # Without the rule each group is a turn of its own.
+    no_rule = SpeechEngine(engine.vad, engine.recognizers, engine.asr_settings, engine.vad_settings,
+                           engine.turn_model, replace(engine.turn_settings, number_silence_ms=0))
+    try:
+        split = finals(await run_stream(no_rule, speech.telephone(audio)))
+    finally:
+        await no_rule.aclose()
+        no_rule.close()
+    assert len(split) >= 2, [t.text for t in split]
+
+
 async def test_with_context_a_sentence_cut_at_a_long_pause_keeps_each_part_to_its_own_words(
         engine: SpeechEngine) -> None:
     # The sentence of the test above, with 1.5 s between its halves: longer than [turn]
@@ -165,7 +185,8 @@ async def test_each_judged_pause_is_logged_with_what_the_verdict_read(
     times = [r.__dict__["at_s"] for r in judged]
     assert times == sorted(times) and times[-1] > len(a) / 16000 + 0.5
     # Measured: Smart Turn 0.04-0.05 at the pause after "... beautiful letters" and 0.98 at
-    # the end of "... with ugly ones."; Whisper is asked only about the finished-sounding one.
+    # the end of "... with ugly ones."; Whisper is asked about every pause the model does not
+    # call broken off (below 0.05).
     mid, end = judged[0].__dict__["turn_probability"], judged[-1].__dict__["turn_probability"]
     assert mid < 0.5 < 0.8 <= end, [r.getMessage() for r in judged]
     assert judged[-1].__dict__["sentence_end"] is not None

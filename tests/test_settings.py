@@ -41,6 +41,7 @@ def test_environment_overrides_any_key() -> None:
     ({"HEARSAY_VAD_THRESHOLD": "1.5"}, "vad.threshold"),
     ({"HEARSAY_TURN_INCOMPLETE_THRESHOLD": "0.95"}, "turn.incomplete_threshold: must not be above"),
     ({"HEARSAY_TURN_UNSURE_SILENCE_MS": "100"}, "turn.unsure_silence_ms"),
+    ({"HEARSAY_TURN_NUMBER_SILENCE_MS": "-5"}, "turn.number_silence_ms"),
     ({"HEARSAY_TURN_PROBE_TRIM_MS": "500"}, "turn.probe_trim_ms"),
     ({"HEARSAY_ASR_MALLOC_ARENAS": "-1"}, "asr.malloc_arenas: must not be negative"),
 ])

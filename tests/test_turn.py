@@ -4,6 +4,7 @@ the policy that turns its score into the silence that ends a turn."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from app.bench.served import rss_mb
 from app.pipeline import models
 from app.pipeline.decode import decode
 from app.pipeline.resample import resample_whole
-from app.pipeline.turn import SmartTurn, end_after_s
+from app.pipeline.turn import SmartTurn, end_after_s, open_number
 from app.pipeline.types import Encoding
 from app.settings import TurnSettings
 
@@ -77,3 +78,17 @@ def test_the_policy_waits_longer_the_less_finished_the_caller_sounds() -> None:
     assert end_after_s(0.95, None, s, 0.35) == 0.7  # no transcript to go by
     assert end_after_s(0.5, 0.99, s, 0.35) == 0.7  # the model is unsure
     assert end_after_s(0.05, 0.99, s, 0.35) == 1.2  # the model hears a sentence broken off
+
+
+def test_a_number_read_in_groups_waits_for_the_next_group() -> None:
+    s = TurnSettings(complete_threshold=0.8, sentence_end_threshold=0.8, incomplete_threshold=0.1,
+                     unsure_silence_ms=700, max_silence_ms=1200, number_silence_ms=1500)
+    assert end_after_s(0.95, 0.3, s, 0.35, "My card number is 4321,") == 1.5
+    assert end_after_s(0.95, 0.6, s, 0.35, "1,0001.") == 1.5  # a full stop after a group
+    assert end_after_s(0.02, 0.1, s, 0.35, "90210") == 1.5
+    assert end_after_s(0.95, 0.9, s, 0.35, "The postcode is 31415.") == 0.35  # both say finished
+    assert end_after_s(0.95, 0.3, s, 0.35, "I have two.") == 0.7  # words, not digits
+    assert end_after_s(0.95, 0.3, s, 0.35, None) == 0.7
+    assert end_after_s(0.95, 0.3, replace(s, number_silence_ms=0), 0.35, "90210") == 0.7  # 0: no such rule
+    assert [open_number(t) for t in ("0 1 8 0 3", "3-1-4-1-5,", "apartment 4, ", "Room 101?", "", "...")] == [
+        True, True, True, False, False, False]

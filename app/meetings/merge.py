@@ -7,7 +7,7 @@ final yet (known from the engine's speech-started events); it is released as soo
 utterance's final is out, or when that participant's stream ends. An utterance that turns out
 to have no final (noise heard as nothing) would hold the others forever, so nothing is held
 longer than `hold_s`: order is then given up for latency, and the late final goes out as it
-comes. `hold_s` must outlast a turn's end: up to `[turn] max_silence_ms` (1.2 s) of silence
+comes. `hold_s` must outlast a turn's end: up to `[turn] number_silence_ms` (1.5 s) of silence
 after the last word, then the final's decoding (a few hundred ms, more under load).
 
 Not thread-safe; call it from the event loop.

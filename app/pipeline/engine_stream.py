@@ -293,15 +293,18 @@ class EngineStream:
         except Exception:
             log.exception("end-of-turn model failed; this pause waits unsure_silence_ms")
             return s.unsure_silence_ms / 1000
-        sentence_end = None
-        if probability >= s.complete_threshold:
-            # Only a "finished" score needs Whisper's view; the final needs its words anyway.
+        heard = None
+        if probability >= s.complete_threshold or s.number_silence_ms:
+            # Whisper's view (its sentence end, its last word) is needed for a "finished" score
+            # and by the number rule; the final needs those words anyway.
             await asyncio.wait([speculation])
-            sentence_end = _sentence_end(speculation)
-        judged_log.debug("pause at %.2f s judged: turn model %.3f, sentence end %s", at_s, probability,
-                         sentence_end, extra={"at_s": at_s, "turn_probability": probability,
-                                              "sentence_end": sentence_end})
-        return end_after_s(probability, sentence_end, s, self._vad.settings.min_silence_ms / 1000)
+            heard = _heard(speculation)
+        sentence_end = heard.sentence_end if heard else None
+        text = heard.text if heard else None
+        judged_log.debug("pause at %.2f s judged: turn model %.3f, sentence end %s, words %r", at_s,
+                         probability, sentence_end, text,
+                         extra={"at_s": at_s, "turn_probability": probability, "sentence_end": sentence_end})
+        return end_after_s(probability, sentence_end, s, self._vad.settings.min_silence_ms / 1000, text)
 
     def _announce(self, kind: SpeechEventKind, at_s: float) -> None:
         # Straight to the results: a speech event is never held behind a pending final.
@@ -417,8 +420,8 @@ class EngineStream:
             self._results.put_nowait(None)
 
 
-def _sentence_end(recognition: asyncio.Future[Recognition]) -> float | None:
-    """Whisper's sentence-end probability from a finished recognition, or None."""
+def _heard(recognition: asyncio.Future[Recognition]) -> Recognition | None:
+    """A finished recognition's result, or None when it failed or was dropped."""
     if recognition.cancelled() or recognition.exception() is not None:
         return None
-    return recognition.result().sentence_end
+    return recognition.result()

@@ -23,6 +23,8 @@ or exclamation mark), how much silence (from the end of speech) ends the turn:
   min_silence_ms`, as without a model (shorter pauses inside a sentence are common, and the
   model is asked at `speech_pad_ms`, before they are over);
 - the model below `incomplete_threshold`: the speaker is mid-sentence; `max_silence_ms`;
+- the words so far end in a digit (`open_number`): a caller reading a number (a card, a
+  phone number, a postcode) pauses between its groups; `number_silence_ms`;
 - anything else: `unsure_silence_ms`.
 Why two signals and three levels: on 8 kHz phone audio the model alone calls many mid-sentence
 pauses finished (a reader's comma sounds final to it), and a single threshold either cuts those
@@ -114,14 +116,26 @@ def _float_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def end_after_s(probability: float, sentence_end: float | None, settings: TurnSettings,
-                min_silence_s: float) -> float:
+                min_silence_s: float, text: str | None = None) -> float:
     """Seconds of silence after the end of speech that end the turn, given the model's
-    `probability` that the speaker has finished and Whisper's `sentence_end` probability for
-    the turn's transcript so far (None when not needed or not known); `min_silence_s` is the
-    shortest ([vad] min_silence_ms). See the module doc."""
+    `probability` that the speaker has finished, Whisper's `sentence_end` probability for
+    the turn's transcript so far and that transcript's `text` (None when not needed or not
+    known); `min_silence_s` is the shortest ([vad] min_silence_ms). See the module doc."""
     if (probability >= settings.complete_threshold and sentence_end is not None
             and sentence_end >= settings.sentence_end_threshold):
         return min_silence_s
+    if settings.number_silence_ms and text is not None and open_number(text):
+        return settings.number_silence_ms / 1000
     if probability < settings.incomplete_threshold:
         return settings.max_silence_ms / 1000
     return settings.unsure_silence_ms / 1000
+
+
+def open_number(text: str) -> bool:
+    """Whether a transcript ends in a digit, a comma, dash or full stop after it aside
+    ("1,0001", "my card is 4321,", "90210."): a number that may go on. Whisper often writes a
+    full stop after each group of a number read in groups, so a full stop does not close it
+    (a turn that both signals call finished has ended before this is asked, `end_after_s`);
+    a question or exclamation mark does."""
+    end = text.rstrip(" ,;:-.")
+    return bool(end) and end[-1].isdigit()
