@@ -22,7 +22,7 @@ from app.bench.common import speech_end_s, speech_start_s
 from app.pipeline import EngineResult, SpeechEvent, SpeechEventKind, Transcript
 from app.pipeline.decode import encode
 from app.pipeline.engine import SpeechEngine
-from app.pipeline.engine_stream import JUDGED_LOG
+from app.pipeline.engine_stream import JUDGED_LOG, EngineStream
 from app.pipeline.errors import AudioFormatError, StreamClosedError, UnknownModelError
 from app.pipeline.resample import resample_whole
 from app.pipeline.types import AudioFormat, Encoding
@@ -47,6 +47,10 @@ async def run_stream(engine: SpeechEngine, payload: bytes, audio: AudioFormat = 
     await stream.finish()
     await collector
     return results
+
+
+async def collect(stream: EngineStream) -> list[EngineResult]:
+    return [result async for result in stream.results()]
 
 
 def finals(results: list[EngineResult]) -> list[Transcript]:
@@ -270,6 +274,30 @@ async def test_bad_formats_are_refused_with_a_reason(engine: SpeechEngine) -> No
     with pytest.raises(AudioFormatError, match="even number of bytes"):
         await stream.feed(b"\x00\x01\x02")
     await stream.finish()
+
+
+async def test_a_stream_that_fails_inside_refuses_audio_instead_of_hanging(
+        engine: SpeechEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # A bug in the turn policy stands in for any unexpected error in the stream's processing:
+    # the source is told at its next frame (before, `feed` waited forever once the backlog
+    # filled, and the error went unseen), and the results end.
+    def broken(*args: object) -> float:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("app.pipeline.engine_stream.end_after_s", broken)
+    stream = engine.stream(ULAW_8K)
+    collected = asyncio.create_task(collect(stream))
+    payload = speech.telephone(np.concatenate([speech.load("timit-LDC93S1"), speech.silence(3.0)]))
+    with pytest.raises(StreamClosedError, match="internal error"):
+        for i in range(0, len(payload), 160):
+            await asyncio.wait_for(stream.feed(payload[i : i + 160]), 5)
+    await asyncio.wait_for(stream.finish(), 5)
+    await asyncio.wait_for(collected, 5)
+    assert "stream processing failed" in caplog.text and "a bug" in caplog.text
+    # Other streams are untouched.
+    monkeypatch.undo()
+    assert finals(await run_stream(engine, speech.telephone(np.concatenate(
+        [speech.load("timit-LDC93S1"), speech.silence(1.5)]))))
 
 
 async def test_audio_after_finish_or_aclose_is_refused(engine: SpeechEngine) -> None:

@@ -122,6 +122,7 @@ class EngineStream:
         self._has_room = asyncio.Event()
         self._has_room.set()
         self._closing = False
+        self._failed = False  # processing stopped on an unexpected error
         # Finals waiting to be published in utterance order (None: no more utterances).
         self._finals_in_order: asyncio.Queue[asyncio.Future[Transcript | None] | None] = asyncio.Queue()
         self._results: asyncio.Queue[EngineResult | None] = asyncio.Queue()
@@ -150,6 +151,8 @@ class EngineStream:
         return self.received_bytes / self._bytes_per_s
 
     def _check(self, payload: bytes) -> None:
+        if self._failed:
+            raise StreamClosedError("the stream stopped after an internal error (logged); no more audio is accepted")
         if self._closing:
             raise StreamClosedError("the stream is finished; no more audio is accepted")
         if self.format.encoding is Encoding.LINEAR16 and len(payload) % 2:
@@ -226,6 +229,13 @@ class EngineStream:
                     await self._segment(self._resampler.process(np.zeros(0, np.float32), final=True))
                     self._handle(self._vad.flush())
                     return
+        except Exception:
+            # A bug, not bad audio (that is refused in `_check`): the finals already queued
+            # still go out, and the source is told at its next frame instead of feeding a
+            # stream that no longer reads.
+            log.exception("stream processing failed; the stream takes no more audio")
+            self._failed = True
+            self._closing = True
         finally:
             if self._verdict is not None:
                 self._verdict.cancel()
