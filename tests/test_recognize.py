@@ -134,3 +134,13 @@ def test_a_long_fast_utterance_is_heard_to_its_end(recognizer: Recognizer) -> No
     assert "springfield" in result.text.lower(), result.text
     # 59 words once normalised; 4 wrong measured ("post goes to"). A word costs 1.7 %: 12 % allows 7.
     assert speech.wer(text, result.text) <= 0.12, result.text
+
+
+def test_a_decode_that_loops_after_a_long_vocabulary_prompt_still_gives_a_result(recognizer: Recognizer) -> None:
+    # A vocabulary of one phrase over and over fills the prompt (223 tokens, half of Whisper's
+    # 448 decoder positions) and makes tiny.en repeat it instead of hearing the speech. Asked
+    # for twice the utterance's token bound, the loop ran past position 448 and CTranslate2
+    # raised ("No position encodings are defined for positions >= 448"): no final at all.
+    audio = np.concatenate([over_phone("jfk"), over_phone("ljspeech-LJ001-0015")])[: 20 * 16000]
+    result = recognizer.transcribe(audio, prompt="alpha beta gamma delta " * 100)
+    assert len(result.text.split()) <= 40, result.text  # the loop is cut, not returned whole

@@ -40,6 +40,7 @@ _FRAMES_PER_S = 100  # mel frames
 _WINDOW_S = 30
 _TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
 _MAX_TOKENS = 440
+_MAX_POSITIONS = 448  # Whisper's decoder context, in tokens
 _MAX_PROMPT_TOKENS = 223  # Whisper's limit for previous text: half its 448-token context
 
 
@@ -155,6 +156,9 @@ class Recognizer:
         longest_forced = max(len(f) for f in forced)
         start = len(prompts[0]) - len(forced[0])
         max_length = 2 * (min(_MAX_TOKENS, int(12 + 8 * max(own))) + longest_forced) + start
+        # Whisper has 448 decoder positions, the prompt included: a decode that loops after a
+        # long vocabulary prompt would otherwise run past them and fail (no final at all).
+        max_length = min(max_length, 2 * (_MAX_POSITIONS - max(len(p) for p in prompts)))
         results = self._model.model.generate(
             enc_view, prompts, beam_size=self._settings.beam_size, max_length=max_length,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
