@@ -23,6 +23,7 @@ import contextlib
 import functools
 import heapq
 import itertools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -32,6 +33,8 @@ import numpy as np
 from app.pipeline.recognize import Context, Recognition, Recognizer
 from app.pipeline.turn import SmartTurn
 from app.pipeline.vad import SileroVAD, VADStream
+
+log = logging.getLogger(__name__)
 
 VAD_STEPS_PER_BATCH = 16  # chunks a stream may have classified per `VadBatcher.step`
 _VAD_GATHER_S = 0.01  # how long the VAD batcher waits for more streams to join a batch
@@ -288,22 +291,36 @@ class AsrScheduler:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _work(self, finals_only: bool) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             job = await self._jobs.get(finals_only)
             batch = [job, *self._take_batchable(job)]
             try:
-                results = await loop.run_in_executor(self._pool, functools.partial(
-                    job.recognizer.transcribe_batch, [j.audio for j in batch], job.language, job.words,
-                    job.prompt, sentence_end=job.priority is Priority.FINAL, contexts=[j.context for j in batch]))
-            except Exception as exc:
+                await self._run(batch)
+            except Exception:
+                if len(batch) == 1:
+                    continue
+                # One utterance's failure must not cost the others their finals (other calls'
+                # among them): each is decoded again alone, and only the failing one fails.
+                log.exception("a recognition batch of %d failed; decoding each alone", len(batch))
                 for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            for j, result in zip(batch, results, strict=True):
-                if not j.future.done():
-                    j.future.set_result(result)
+                    with contextlib.suppress(Exception):
+                        await self._run([j])
+
+    async def _run(self, batch: list[_Job]) -> None:
+        """Decode `batch` (jobs `_take_batchable` grouped) and settle each job's future;
+        on an error, the futures of a lone job are failed with it and it is raised."""
+        job = batch[0]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(
+                job.recognizer.transcribe_batch, [j.audio for j in batch], job.language, job.words,
+                job.prompt, sentence_end=job.priority is Priority.FINAL, contexts=[j.context for j in batch]))
+        except Exception as exc:
+            if len(batch) == 1 and not job.future.done():
+                job.future.set_exception(exc)
+            raise
+        for j, result in zip(batch, results, strict=True):
+            if not j.future.done():
+                j.future.set_result(result)
 
     def _take_batchable(self, first: _Job) -> list[_Job]:
         """Queued jobs that can run in one batch with `first` (same priority and model)."""
