@@ -205,6 +205,29 @@ async def test_bad_input_gets_error_codes_and_the_session_goes_on(running_app: S
     assert wer(reference("ljspeech-LJ001-0004"), messages[-1]["result"]["text"]) <= 2 / 14  # 0 wrong
 
 
+async def test_a_session_whose_transcription_fails_inside_ends_with_internal_error(
+        running_app: StartApp, tmp_path: Path, consumer: WebhookConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bug in the turn policy stands in for any unexpected error inside the engine stream:
+    # the client is told and the session closes (before, it went on, its audio ignored), and
+    # the assistant gets call.ended with reason "error".
+    def broken(*args: object) -> float:
+        raise RuntimeError("a bug")
+
+    write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
+    server = await running_app(make_settings(tmp_path))
+    monkeypatch.setattr("app.pipeline.engine_stream.end_after_s", broken)
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url("/v1/stream")) as ws:
+        await ws.send_json(start(dialplan="bot"))
+        session_id = (await next_message(ws))["sessionId"]
+        await send_audio(ws, clip("jfk") + silence(1.0), binary=True)
+        messages = [m for m in await asyncio.wait_for(receive_all(ws), 30) if m["type"] != "quality"]
+        assert ws.close_code == 1011
+    assert messages[0]["type"] == "error" and messages[0]["code"] == "internal_error", messages[0]
+    assert messages[-1]["type"] == "transcription_complete"
+    ended = await consumer.wait(session_id)
+    assert ended["reason"] == "error"
+
+
 async def test_limits_answer_with_a_code_then_close(running_app: StartApp, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, stream={"max_message_bytes": 4096, "max_sessions": 1,
                                                "max_session_s": 2})

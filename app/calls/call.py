@@ -276,6 +276,13 @@ class Call:
                             self._safely(on_speech, result)
         except Exception:
             log.exception("the %s track's engine stream failed", track.value)
+        if self._ending is None:
+            # The stream ended without the call ending it: it stopped on an internal error
+            # (logged by the engine). The call ends now, with the finals it has, rather than
+            # going on with nothing to hear it.
+            log.error("the %s track's engine stream stopped; the call ends", track.value)
+            self._end_reason = EndReason.ERROR
+            self._ending = asyncio.ensure_future(self._finish(EndReason.ERROR, finalise=True))
 
     def _on_transcript(self, result: Transcript, speaker: str | None) -> None:
         result = replace(result, index=self._next_index)

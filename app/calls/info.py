@@ -50,6 +50,7 @@ class EndReason(StrEnum):
     AGENT_HANGUP = "agent_hangup"  # Hearsay hung up, as the assistant asked
     TRANSFERRED = "transferred"  # SIP: the caller was moved elsewhere (REFER), as the assistant asked
     SHUTDOWN = "shutdown"  # the service is stopping
+    ERROR = "error"  # Hearsay could not go on transcribing the call (an internal error, logged)
 
 
 class Rejection(StrEnum):

@@ -223,11 +223,18 @@ class StreamSession:
             limit = self._settings.stream.max_session_s * _CONTAINER_BYTES_PER_S
             self._container = ContainerFeed(call.feed, limit, self.id, self._container_failed)
         # The call can end without us (the hub closing it): then the session ends too.
-        call.listen(self._on_transcript, lambda: self.request_end(call.end_reason or EndReason.SHUTDOWN))
+        call.listen(self._on_transcript, lambda: self._call_ended(call))
         call.on_quality(self._on_quality)
         self._queue(proto.started(self.id), droppable=False)
         log.info("stream session started: %s %d Hz, dialplan %s", config.container or config.audio.encoding.value,
                  audio.sample_rate, plan.name if plan else "-")
+
+    def _call_ended(self, call: Call) -> None:
+        if call.end_reason is EndReason.ERROR:
+            self.request_end(EndReason.ERROR, ErrorCode.INTERNAL_ERROR,
+                             "transcription stopped on an internal error; the session ends with the finals so far")
+        else:
+            self.request_end(call.end_reason or EndReason.SHUTDOWN)
 
     async def _audio(self, call: Call, payload: bytes) -> None:
         if self._container is not None:
@@ -352,6 +359,8 @@ def _close_code(end: asyncio.Future[tuple[EndReason, ErrorCode | None, str]]) ->
     code = end.result()[1] if end.done() else None
     if code is ErrorCode.MESSAGE_TOO_LARGE:
         return WSCloseCode.MESSAGE_TOO_BIG
+    if code is ErrorCode.INTERNAL_ERROR:
+        return WSCloseCode.INTERNAL_ERROR
     if code is not None:
         return WSCloseCode.POLICY_VIOLATION
     return WSCloseCode.GOING_AWAY if end.done() and end.result()[0] is EndReason.SHUTDOWN else WSCloseCode.OK
