@@ -189,8 +189,8 @@ async def test_each_judged_pause_is_logged_with_what_the_verdict_read(
     times = [r.__dict__["at_s"] for r in judged]
     assert times == sorted(times) and times[-1] > len(a) / 16000 + 0.5
     # Measured: Smart Turn 0.04-0.05 at the pause after "... beautiful letters" and 0.98 at
-    # the end of "... with ugly ones."; Whisper is asked about every pause the model does not
-    # call broken off (below 0.05).
+    # the end of "... with ugly ones."; Whisper is asked about every pause (its last word
+    # matters to the number rule).
     mid, end = judged[0].__dict__["turn_probability"], judged[-1].__dict__["turn_probability"]
     assert mid < 0.5 < 0.8 <= end, [r.getMessage() for r in judged]
     assert judged[-1].__dict__["sentence_end"] is not None
