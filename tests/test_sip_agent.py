@@ -344,6 +344,26 @@ async def test_a_call_the_hub_ends_hangs_up_the_caller(
         assert ended["reason"] == "shutdown"
 
 
+async def test_a_call_whose_transcription_fails_inside_hangs_up_with_reason_error(
+    engine: Any, consumer: WebhookConsumer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = sip_app_settings(tmp_path, consumer, **QUIET_CALLER)
+    async with listening_call(settings, engine, consumer, tmp_path) as (call, _, caller):
+        # A bug in decoding stands in for any unexpected error inside the engine stream: the
+        # stream stops at the call's next frame, and the call ends at once with a BYE.
+        def broken(*args: object) -> object:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr("app.pipeline.engine_stream.decode", broken)
+        async with asyncio.timeout(WAIT_S):
+            await call.wait_ended()
+            result = await caller
+            (ended,) = await consumer.wait_for(lambda c: c.of_type("call.ended"))
+        assert result.returncode == 0, result.output  # the caller received our BYE
+        assert call.end_reason is EndReason.ERROR
+        assert ended["reason"] == "error"
+
+
 class LocalSink:
     """A worker's FrameQueue wired straight to a SipMedia, as the bridge wires them."""
 
