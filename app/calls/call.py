@@ -212,10 +212,15 @@ class Call:
         await self._close(reason, finalise=False)
 
     async def _close(self, reason: EndReason, *, finalise: bool) -> None:
+        ending = self._begin_ending(reason, finalise)
+        await asyncio.shield(ending)
+
+    def _begin_ending(self, reason: EndReason, finalise: bool) -> asyncio.Future[None]:
+        """Start ending the call, unless it is already ending (the first reason wins)."""
         if self._ending is None:
             self._end_reason = EndReason(reason)
             self._ending = asyncio.ensure_future(self._finish(self._end_reason, finalise))
-        await asyncio.shield(self._ending)
+        return self._ending
 
     async def _finish(self, reason: EndReason, finalise: bool) -> None:
         with bind_call(self.id):
@@ -279,10 +284,9 @@ class Call:
         if self._ending is None:
             # The stream ended without the call ending it: it stopped on an internal error
             # (logged by the engine). The call ends now, with the finals it has, rather than
-            # going on with nothing to hear it.
+            # going on with nothing to hear it. (Not awaited: ending waits for this task.)
             log.error("the %s track's engine stream stopped; the call ends", track.value)
-            self._end_reason = EndReason.ERROR
-            self._ending = asyncio.ensure_future(self._finish(EndReason.ERROR, finalise=True))
+            self._begin_ending(EndReason.ERROR, finalise=True)
 
     def _on_transcript(self, result: Transcript, speaker: str | None) -> None:
         result = replace(result, index=self._next_index)

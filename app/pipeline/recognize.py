@@ -41,7 +41,7 @@ _WINDOW_S = 30
 _TAIL_S = 1.0  # silence encoded with the utterance, so its last word is not at the edge
 _MAX_TOKENS = 440
 _MAX_POSITIONS = 448  # Whisper's decoder context, in tokens
-_MAX_PROMPT_TOKENS = 223  # Whisper's limit for previous text: half its 448-token context
+_MAX_PROMPT_TOKENS = _MAX_POSITIONS // 2 - 1  # Whisper's limit for previous text: 223
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +158,7 @@ class Recognizer:
         max_length = 2 * (min(_MAX_TOKENS, int(12 + 8 * max(own))) + longest_forced) + start
         # Whisper has 448 decoder positions, the prompt included: a decode that loops after a
         # long vocabulary prompt would otherwise run past them and fail (no final at all).
-        max_length = min(max_length, 2 * (_MAX_POSITIONS - max(len(p) for p in prompts)))
+        max_length = min(max_length, 2 * (_MAX_POSITIONS - start - longest_forced))
         results = self._model.model.generate(
             enc_view, prompts, beam_size=self._settings.beam_size, max_length=max_length,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],

@@ -293,31 +293,26 @@ class AsrScheduler:
     async def _work(self, finals_only: bool) -> None:
         while True:
             job = await self._jobs.get(finals_only)
-            batch = [job, *self._take_batchable(job)]
-            try:
-                await self._run(batch)
-            except Exception:
-                if len(batch) == 1:
-                    continue
-                # One utterance's failure must not cost the others their finals (other calls'
-                # among them): each is decoded again alone, and only the failing one fails.
-                log.exception("a recognition batch of %d failed; decoding each alone", len(batch))
-                for j in batch:
-                    with contextlib.suppress(Exception):
-                        await self._run([j])
+            await self._run([job, *self._take_batchable(job)])
 
     async def _run(self, batch: list[_Job]) -> None:
-        """Decode `batch` (jobs `_take_batchable` grouped) and settle each job's future;
-        on an error, the futures of a lone job are failed with it and it is raised."""
+        """Decode `batch` (jobs `_take_batchable` grouped) and settle each job's future. One
+        utterance's failure must not cost the others their finals (other calls' among them):
+        a batch that fails is decoded again one job at a time, and only the failing one fails."""
         job = batch[0]
         try:
             results = await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(
                 job.recognizer.transcribe_batch, [j.audio for j in batch], job.language, job.words,
                 job.prompt, sentence_end=job.priority is Priority.FINAL, contexts=[j.context for j in batch]))
         except Exception as exc:
-            if len(batch) == 1 and not job.future.done():
-                job.future.set_exception(exc)
-            raise
+            if len(batch) == 1:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                return
+            log.exception("a recognition batch of %d failed; decoding each alone", len(batch))
+            for j in batch:
+                await self._run([j])
+            return
         for j, result in zip(batch, results, strict=True):
             if not j.future.done():
                 j.future.set_result(result)
