@@ -74,3 +74,13 @@ async def running_app(engine: SpeechEngine, consumer: WebhookConsumer) -> AsyncI
     yield start
     for running in reversed(started):
         await running.close()
+
+
+@pytest.fixture
+def a_bug_in_the_turn_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every engine stream's turn policy raises at its first judged pause: it stands in for
+    any unexpected error inside a stream's processing (`monkeypatch.undo()` takes it away)."""
+    def broken(*args: object) -> float:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("app.pipeline.engine_stream.end_after_s", broken)

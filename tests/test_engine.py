@@ -277,14 +277,11 @@ async def test_bad_formats_are_refused_with_a_reason(engine: SpeechEngine) -> No
 
 
 async def test_a_stream_that_fails_inside_refuses_audio_instead_of_hanging(
-        engine: SpeechEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        engine: SpeechEngine, a_bug_in_the_turn_policy: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     # A bug in the turn policy stands in for any unexpected error in the stream's processing:
     # the source is told at its next frame (before, `feed` waited forever once the backlog
     # filled, and the error went unseen), and the results end.
-    def broken(*args: object) -> float:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr("app.pipeline.engine_stream.end_after_s", broken)
     stream = engine.stream(ULAW_8K)
     collected = asyncio.create_task(collect(stream))
     payload = speech.telephone(np.concatenate([speech.load("timit-LDC93S1"), speech.silence(3.0)]))

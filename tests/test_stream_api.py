@@ -206,16 +206,12 @@ async def test_bad_input_gets_error_codes_and_the_session_goes_on(running_app: S
 
 
 async def test_a_session_whose_transcription_fails_inside_ends_with_internal_error(
-        running_app: StartApp, tmp_path: Path, consumer: WebhookConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+        running_app: StartApp, tmp_path: Path, consumer: WebhookConsumer, a_bug_in_the_turn_policy: None) -> None:
     # A bug in the turn policy stands in for any unexpected error inside the engine stream:
     # the client is told and the session closes (before, it went on, its audio ignored), and
     # the assistant gets call.ended with reason "error".
-    def broken(*args: object) -> float:
-        raise RuntimeError("a bug")
-
     write_dialplan(tmp_path / "dialplans", "bot", consumer.url)
     server = await running_app(make_settings(tmp_path))
-    monkeypatch.setattr("app.pipeline.engine_stream.end_after_s", broken)
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url("/v1/stream")) as ws:
         await ws.send_json(start(dialplan="bot"))
         session_id = (await next_message(ws))["sessionId"]

@@ -394,14 +394,10 @@ async def test_hanging_up_ends_the_call_as_agent_hangup(hearsay: RunningApp, con
 
 @pytest.mark.realtime  # the stream must fail while the call is still sending
 async def test_a_call_whose_transcription_fails_inside_ends_with_reason_error(
-        hearsay: RunningApp, consumer: WebhookConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+        hearsay: RunningApp, consumer: WebhookConsumer, a_bug_in_the_turn_policy: None) -> None:
     # A bug in the turn policy stands in for any unexpected error inside the engine stream:
     # the call ends at once (the socket closes under the caller, as a hang-up would), and
     # the assistant hears why. Before, the call went on, its audio unheard, until the caller hung up.
-    def broken(*args: object) -> float:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr("app.pipeline.engine_stream.end_after_s", broken)
     audio = clip("cards-001") + silence(10.0)  # in real time: the stream fails at the first pause
     result = await asyncio.wait_for(place_call(hearsay, audio, speed=1.0), 30)
     ended = await consumer.wait(result.call_sid)
