@@ -368,7 +368,7 @@ class EngineStream:
                 log.error("recognition failed for utterance %d", index, exc_info=done.exception())
                 return None
             return self._transcript(index, ended.start_s, ended.end_s, done.result(), final=True,
-                                    end_of_turn=not ended.forced)
+                                    end_of_turn=not ended.forced, decided_s=ended.decided_s)
 
         out: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
 
@@ -407,13 +407,13 @@ class EngineStream:
         future.add_done_callback(deliver)
 
     def _transcript(self, index: int, start_s: float, end_s: float, result: Recognition,
-                    final: bool, end_of_turn: bool = False) -> Transcript:
+                    final: bool, end_of_turn: bool = False, decided_s: float = 0.0) -> Transcript:
         words = tuple(type(w)(w.text, round(start_s + w.start_s, 3), round(start_s + w.end_s, 3),
                               w.probability) for w in result.words)
         return Transcript(index=index, text=result.text, start_s=round(start_s, 3),
                           end_s=round(end_s, 3), is_final=final, confidence=round(result.confidence, 3),
                           language=result.language, words=words, emitted_at=time.monotonic(),
-                          compute_s=result.compute_s, end_of_turn=end_of_turn)
+                          compute_s=result.compute_s, end_of_turn=end_of_turn, decided_s=round(decided_s, 3))
 
     async def _emit(self) -> None:
         """Publish finals in utterance order (recognition may finish out of order)."""

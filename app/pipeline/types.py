@@ -61,6 +61,9 @@ class Transcript:
     # A final that also ends the caller's turn (Deepgram's speech_final): false only when
     # `max_utterance_s` cut a long turn and it goes on in the next utterance.
     end_of_turn: bool = False
+    # A final's: how much of the stream had been heard when the engine ended the utterance
+    # (where the turn's silence wait ran out); its lateness is measured from that audio's arrival.
+    decided_s: float = 0.0
 
 
 class SpeechEventKind(StrEnum):

@@ -102,6 +102,7 @@ class UtteranceEnded:
     end_s: float
     audio: np.ndarray
     forced: bool = False
+    decided_s: float = 0.0  # how much of the stream the VAD had heard when it ended the utterance
 
 
 VadEvent = SpeechStarted | SpeechPaused | SpeechResumed | UtteranceEnded
@@ -232,7 +233,7 @@ class VADStream:
         self._awaiting = False
         if self._speaking:
             end = self._silence_start if self._silence_start is not None else self._audio.end
-            self._end_utterance(end, forced=False)
+            self._end_utterance(end, forced=False, decided=self._audio.end)
         return self.take_events()
 
     # -- segmentation --------------------------------------------------------------------
@@ -291,12 +292,13 @@ class VADStream:
             return self._audio.start
         return max(self._utt_start - self._preroll, self._audio.start, 0)
 
-    def _end_utterance(self, speech_end: int, forced: bool) -> None:
+    def _end_utterance(self, speech_end: int, forced: bool, decided: int | None = None) -> None:
         start = self._start_index()
         end = min(speech_end + (0 if forced else self._pad), self._audio.end)
+        decided = self._pos if decided is None else decided
         if self._confirmed:  # else a burst too short to be speech: it was never announced
             self._events.append(UtteranceEnded(start / SAMPLE_RATE, end / SAMPLE_RATE,
-                                               self._audio.slice(start, end), forced))
+                                               self._audio.slice(start, end), forced, decided / SAMPLE_RATE))
             self._ended_any = True
         self._speaking = False
         self._confirmed = False
