@@ -49,7 +49,18 @@ class Metrics:
         self.outbox_depth = Gauge(
             "hearsay_outbox_depth", "Events in the outbox waiting for delivery", registry=r)
         self.refused_busy = Counter(
-            "hearsay_refused_busy", "Calls refused because [asr] max_live_calls were live", ["source"], registry=r)
+            "hearsay_refused_busy", "Calls refused as busy ([asr] max_live_calls live, or the engine behind: "
+            "[asr] busy_late_ms)", ["source"], registry=r)
+        self.final_lateness = Histogram(
+            "hearsay_final_lateness_seconds", "From the arrival of the audio at which the engine ended an "
+            "utterance (its turn's silence wait over) to its final result: the engine's own delay",
+            registry=r, buckets=_LATENCY_BUCKETS)
+        self.recent_lateness = Gauge(
+            "hearsay_recent_lateness_seconds", "The 90th percentile of the finals' lateness over the last 10 s "
+            "(new calls are refused as busy above [asr] busy_late_ms)", registry=r)
+        self.learned_call_limit = Gauge(
+            "hearsay_learned_call_limit", "Live calls this machine was found to hear in time (calls.lateness; "
+            "0: none learned)", registry=r)
         self.sip_worker_up = Gauge(
             "hearsay_sip_worker_up", "1 while the SIP worker serves, 0 while it is down or starting",
             ["worker"], registry=r)

@@ -169,6 +169,7 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
              ", ".join(p.name for p in plans) or "(none)")
     hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS],
                   echo_margin_db=settings.talkback.echo_margin_db, max_live_calls=settings.asr.max_live_calls,
+                  busy_late_ms=settings.asr.busy_late_ms,
                   quality=QualityThresholds(**dataclasses.asdict(settings.quality)))
     app[CALL_HUB] = hub
     yield

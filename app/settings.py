@@ -70,6 +70,7 @@ class AsrSettings:
     word_timestamps: bool = False
     model_cache_dir: str = "var/models"
     max_live_calls: int = 32
+    busy_late_ms: int = 300
     malloc_arenas: int = 2
 
 
@@ -341,6 +342,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("vad.max_utterance_s: must be at least 1 second")
     if settings.asr.context_gap_ms < 0:
         raise SettingsError("asr.context_gap_ms: must not be negative (0: no context)")
+    if settings.asr.busy_late_ms < 0:
+        raise SettingsError("asr.busy_late_ms: must not be negative (0: never refuse for it)")
     if settings.asr.malloc_arenas < 0:
         raise SettingsError("asr.malloc_arenas: must not be negative (0: the C library's default)")
     _validate_turn(settings.turn, vad)

@@ -198,14 +198,49 @@ async def test_a_call_without_media_says_so_plainly(engine: Any, outbox: Outbox)
     assert call.end_reason is EndReason.HANGUP
 
 
+async def test_the_hub_refuses_new_calls_while_the_engine_is_behind(engine: Any, outbox: Outbox) -> None:
+    guarded = CallHub(engine, Dialplans([]), outbox, busy_late_ms=100)
+    unguarded = CallHub(engine, Dialplans([]), outbox)  # busy_late_ms 0: never for this
+    wideband = AudioFormat(Encoding.LINEAR16, 16000)
+    turn = clip("ljspeech-LJ001-0002") + silence(1.3)
+    # Two callers' audio reaches the engine faster than it can hear it, as it does on a machine
+    # with more calls than it can take: 17.5 s each at once, five turns per caller.
+    calls = [await guarded.start(info(f"c{i}", None, CallSource.STREAM), wideband) for i in (1, 2)]
+
+    async def finals(call: Any) -> list[str]:
+        return [t.text for t in [t async for t in call.transcripts()] if t.is_final]
+
+    listeners = [asyncio.create_task(finals(call)) for call in calls]
+    await asyncio.sleep(0)
+    audio = turn * 5
+    pushed = [call.push(audio[i:i + 640]) for i in range(0, len(audio), 640) for call in calls]
+    for call in calls:
+        await call.end()
+    heard = await asyncio.gather(*listeners)
+    assert all(pushed)  # nothing dropped ...
+    assert [sum("modern" in text.lower() for text in texts) for texts in heard] == [5, 5]  # ... nor lost
+    with pytest.raises(CallRejected) as refused:
+        await guarded.start(info("c3"), PHONE)
+    assert refused.value.reason is Rejection.BUSY and "busy_late_ms" in refused.value.message
+    assert guarded.get("c3") is None
+    gauge = next(line for line in guarded.metrics.render().decode().splitlines()
+                 if line.startswith("hearsay_recent_lateness_seconds "))
+    assert float(gauge.split()[1]) > 0.1  # what an operator's dashboard shows
+    assert (await unguarded.start(info("c4"), PHONE)).id == "c4"
+    # A Twilio call was let in at its voice webhook; its media stream is not refused later.
+    assert (await guarded.start(info("c5", None, CallSource.TWILIO), PHONE)).id == "c5"
+    await guarded.close()
+    await unguarded.close()
+
+
 async def test_the_hub_refuses_past_max_live_calls_until_one_ends(engine: Any, outbox: Outbox) -> None:
     hub = CallHub(engine, Dialplans([PLAN]), outbox, max_live_calls=2)
     first, _ = await hub.start(info("c1"), PHONE), await hub.start(info("c2"), PHONE)
-    assert hub.full
+    assert hub.admit() is not None
     with pytest.raises(CallRejected) as refused:
         await hub.start(info("c3"), PHONE)
     assert refused.value.reason is Rejection.BUSY and "max_live_calls" in refused.value.message
     assert hub.get("c3") is None and hub.active == 2
     await first.end()
-    assert not hub.full and (await hub.start(info("c3"), PHONE)).id == "c3"
+    assert hub.admit() is None and (await hub.start(info("c3"), PHONE)).id == "c3"
     await hub.close()

@@ -34,6 +34,7 @@ import numpy as np
 from app.calls.clock import ArrivalClock
 from app.calls.echo import EchoGate, OutboundTap
 from app.calls.info import CallInfo, EndReason, Track
+from app.calls.lateness import RecentLateness
 from app.calls.media import CallMedia, NoMedia
 from app.calls.writer import EventWriter
 from app.delivery.events import Utterance
@@ -64,7 +65,7 @@ class Call:
     def __init__(self, info: CallInfo, streams: Mapping[Track, EngineStream], outbox: Outbox | None,
                  metrics: Metrics, on_closed: Callable[[Call], None],
                  media: CallMedia | None = None, echo_margin_db: float = 10.0,
-                 quality: QualityThresholds | None = None) -> None:
+                 quality: QualityThresholds | None = None, lateness: RecentLateness | None = None) -> None:
         self.info = info
         self.started_at = time.monotonic()
         self.echo = EchoGate(echo_margin_db)
@@ -78,6 +79,7 @@ class Call:
         self._utterances: list[Utterance] = []
         self._listeners: list[tuple[TranscriptListener, EndListener | None, SpeechListener | None]] = []
         self._clock = ArrivalClock()
+        self._lateness = lateness  # the hub's, fed with every caller final's (calls.lateness)
         self._ending: asyncio.Future[None] | None = None
         self._end_reason: EndReason | None = None
         self._ended = asyncio.Event()
@@ -312,6 +314,12 @@ class Call:
             return
         if result.emitted_at:
             self._metrics.vad_latency.observe(max(0.0, result.emitted_at - arrived - result.compute_s))
+        decided = self._clock.arrival_of(result.decided_s) if result.decided_s else None
+        if decided is not None and result.emitted_at:
+            late = max(0.0, result.emitted_at - decided)
+            self._metrics.final_lateness.observe(late)
+            if self._lateness is not None:
+                self._lateness.add(late, call_started=self.started_at)
         latency = max(0.0, time.monotonic() - arrived)
         self._metrics.end_to_end_latency.labels(self.info.source.value).observe(latency)
         self.quality.latency(latency)

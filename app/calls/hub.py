@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.calls.call import Call
-from app.calls.info import CallInfo, CallRejected, EndReason, Rejection, Track
+from app.calls.info import CallInfo, CallRejected, CallSource, EndReason, Rejection, Track
+from app.calls.lateness import CallLimit, RecentLateness
 from app.calls.media import CallMedia
 from app.dialplans import Dialplans
 from app.logs import bind_call
@@ -45,14 +46,19 @@ class CallHub:
 
     def __init__(self, engine: SpeechEngine | None, dialplans: Dialplans, outbox: Outbox | None,
                  metrics: Metrics | None = None, *, echo_margin_db: float = 10.0, max_live_calls: int = 0,
-                 quality: QualityThresholds | None = None) -> None:
+                 busy_late_ms: int = 0, quality: QualityThresholds | None = None) -> None:
         self.engine = engine
         self.max_live_calls = max_live_calls
+        self.busy_late_s = busy_late_ms / 1000
+        self.lateness = RecentLateness()  # of every call's finals (calls.lateness)
+        self.learned_limit = CallLimit(self.busy_late_s)
         self.dialplans = dialplans
         self.outbox = outbox
         self.metrics = metrics or Metrics()
         self.echo_margin_db = echo_margin_db
         self.quality = quality or QualityThresholds()
+        self.metrics.recent_lateness.set_function(self.lateness.p90)
+        self.metrics.learned_call_limit.set_function(lambda: self.learned_limit.limit or 0)
         self._calls: dict[str, Call] = {}
         self._observers: list[Callable[[Call], None]] = []
         self._closing = False
@@ -61,10 +67,36 @@ class CallHub:
     def active(self) -> int:
         return len(self._calls)
 
-    @property
-    def full(self) -> bool:
-        """Whether a new call would be refused as busy (`max_live_calls` are live)."""
-        return 0 < self.max_live_calls <= len(self._calls)
+    def admit(self, *, already: bool = False) -> str | None:
+        """Let a new call in (None) or say why it is refused as busy: `max_live_calls` are
+        live, or the engine is behind: the live calls' finals have lately come more than
+        `busy_late_ms` late, or as many calls are live as this machine was found to hear in
+        time, or one was let in just now (calls.lateness, docs/engine.md). `already`: the call
+        was let in before (a Twilio call, at its voice webhook: once its media stream connects
+        the caller has been answered), so only `max_live_calls` counts."""
+        live = len(self._calls)
+        if 0 < self.max_live_calls <= live:
+            return f"{live} calls are live, the most this server takes ([asr] max_live_calls); try again shortly"
+        if already:
+            return None
+        late = self.lateness.p90() if self.busy_late_s else 0.0
+        before = self.learned_limit.limit
+        since = self.learned_limit.changed
+        limit = self.learned_limit.update(live, late, self.lateness.p90(since=since) if self.busy_late_s else 0.0)
+        if limit != before:
+            log.warning("this machine hears %s calls in time now (was %s; finals %.0f ms late with %d live, "
+                        "[asr] busy_late_ms %.0f)", limit, before or "not known", late * 1000, live,
+                        self.busy_late_s * 1000)
+        if late > self.busy_late_s:
+            return (f"the speech engine is behind: finals have lately come {late * 1000:.0f} ms late (more than "
+                    f"[asr] busy_late_ms, {self.busy_late_s * 1000:.0f}); try again shortly")
+        if limit is not None and live >= limit:
+            return (f"{live} calls are live, the most this machine has lately heard in time ([asr] busy_late_ms); "
+                    f"try again shortly")
+        if self.learned_limit.paced():
+            return "calls are let in one a second while this machine is near its limit; try again shortly"
+        self.learned_limit.admit()
+        return None
 
     def get(self, call_id: str) -> Call | None:
         return self._calls.get(call_id)
@@ -96,10 +128,9 @@ class CallHub:
             raise CallRejected(Rejection.UNAVAILABLE, "the speech engine is not loaded")
         if info.id in self._calls:
             raise CallRejected(Rejection.DUPLICATE, f"call {info.id} is already in progress")
-        if self.full:
+        if (busy := self.admit(already=info.source is CallSource.TWILIO)) is not None:
             self.metrics.refused_busy.labels(info.source.value).inc()
-            raise CallRejected(Rejection.BUSY, f"{len(self._calls)} calls are live, the most this server "
-                                               f"takes ([asr] max_live_calls); try again shortly")
+            raise CallRejected(Rejection.BUSY, busy)
         plan = info.dialplan
         tracks = {Track.CALLER: audio}
         if agent_audio is not None:
@@ -123,7 +154,7 @@ class CallHub:
                 raise CallRejected(Rejection.INVALID_CONFIG, str(exc)) from exc
             raise  # anything else is a bug: it goes up as it is
         call = Call(info, streams, self.outbox, self.metrics, self._closed, media, self.echo_margin_db,
-                    self.quality)
+                    self.quality, self.lateness)
         self._calls[info.id] = call
         self.metrics.calls.labels(info.source.value).inc()
         self.metrics.active_sessions.labels(info.source.value).inc()

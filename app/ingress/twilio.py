@@ -92,9 +92,8 @@ async def voice(request: web.Request) -> web.Response:
     if plan is None:
         log.warning("twilio call %s from %r to %r: no dialplan takes it, rejected", call_sid, from_, to)
         return web.Response(text=reject(), content_type=TWIML_CONTENT_TYPE)
-    if hub.full:
-        log.warning("twilio call %s from %r to %r: %d calls are live ([asr] max_live_calls), rejected busy",
-                    call_sid, from_, to, hub.active)
+    if (busy := hub.admit()) is not None:
+        log.warning("twilio call %s from %r to %r: rejected busy: %s", call_sid, from_, to, busy)
         hub.metrics.refused_busy.labels(CallSource.TWILIO.value).inc()
         return web.Response(text=reject("busy"), content_type=TWIML_CONTENT_TYPE)
     stream_url = external_base(request, websocket=True) + MEDIA_PATH

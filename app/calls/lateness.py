@@ -1,0 +1,99 @@
+"""How late finals come lately: the load signal behind `[asr] busy_late_ms`.
+
+A final is *late* by the time from the arrival of the audio at which the engine ended its
+utterance (where the turn's silence wait ran out: `Transcript.decided_s`) to the final being
+ready. That is the engine's own delay, the end-of-turn policy's waits excluded: what is left
+of the recognition, and any queueing for the VAD, the end-of-turn model or a recognizer. On a
+machine that keeps up it stays small; once the live calls are more than the machine can hear
+in time, it grows for every call. `CallHub` feeds one `RecentLateness` from all its calls and
+refuses new calls while its 90th percentile is above the setting (docs/engine.md, Under load).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+WINDOW_S = 10.0  # the finals of this many seconds count
+MIN_FINALS = 8  # fewer finals than this in the window say nothing about the load
+
+
+class RecentLateness:
+    """The lateness of the finals of the last `window_s` seconds (monotonic clock), each with
+    when its call was let in."""
+
+    def __init__(self, window_s: float = WINDOW_S, min_count: int = MIN_FINALS) -> None:
+        self._window_s = window_s
+        self._min_count = min_count
+        self._finals: deque[tuple[float, float, float]] = deque()  # (when ready, how late, call let in)
+
+    def add(self, late_s: float, call_started: float = 0.0, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._finals.append((now, late_s, call_started))
+        self._forget(now)
+
+    def p90(self, since: float | None = None, now: float | None = None) -> float:
+        """The 90th percentile of the window's lateness (only of calls let in at or after
+        `since`, if given); 0 with fewer than `min_count` such finals."""
+        self._forget(time.monotonic() if now is None else now)
+        late = sorted(s for _, s, started in self._finals if since is None or started >= since)
+        if len(late) < self._min_count:
+            return 0.0
+        return late[min(len(late) - 1, int(0.9 * len(late)))]
+
+    def _forget(self, now: float) -> None:
+        while self._finals and self._finals[0][0] < now - self._window_s:
+            self._finals.popleft()
+
+
+RAISE_EVERY_S = 30.0  # a learned limit goes up by one call this often while finals come in time
+ADMIT_EVERY_S = 1.0  # once a limit is learned, new calls are let in at most this often
+
+
+class CallLimit:
+    """How many live calls this machine hears in time, learned from how late finals come.
+
+    Refusing new calls only while finals are late would let every waiting caller in at once
+    as soon as they are not (the window empties), and the machine would be behind again. So
+    the first time finals come later than `late_s`, the limit becomes three quarters of the
+    calls live then. It drops by a quarter of itself again when the finals of calls let in
+    since it last changed are late too (those of calls from before are the old limit's, and
+    an engine that fell behind takes a while to catch up); while finals come in time, it goes
+    up by one call every `RAISE_EVERY_S` the calls are at it. TCP finds its window the same
+    way. And once a limit is learned, calls are let in one at a time (`admit_every_s`):
+    callers let in together speak and stop together, and their finals come late together (a
+    switch's sessions-per-second)."""
+
+    def __init__(self, late_s: float, raise_every_s: float = RAISE_EVERY_S,
+                 admit_every_s: float = ADMIT_EVERY_S) -> None:
+        self._late_s = late_s
+        self._raise_every_s = raise_every_s
+        self._admit_every_s = admit_every_s
+        self._admitted = -float("inf")
+        self.limit: int | None = None  # None: nothing learned yet
+        self.changed = -float("inf")  # when the limit last changed (monotonic clock)
+
+    def update(self, live: int, late: float, late_since_change: float, now: float | None = None) -> int | None:
+        """The limit, after finals have lately come `late` seconds late (90th percentile) with
+        `live` calls live, and `late_since_change` those of calls let in since `changed`."""
+        now = time.monotonic() if now is None else now
+        if not self._late_s:
+            return None
+        if self.limit is None:
+            if late > self._late_s:
+                self.limit, self.changed = max(1, live * 3 // 4), now
+        elif late_since_change > self._late_s:
+            self.limit, self.changed = max(1, self.limit * 3 // 4), now
+        elif late <= self._late_s and live >= self.limit and now - self.changed >= self._raise_every_s:
+            self.limit, self.changed = self.limit + 1, now
+        return self.limit
+
+    def paced(self, now: float | None = None) -> bool:
+        """Whether a new call must wait its turn (a limit is learned and one was let in less
+        than `admit_every_s` ago)."""
+        now = time.monotonic() if now is None else now
+        return self.limit is not None and now - self._admitted < self._admit_every_s
+
+    def admit(self, now: float | None = None) -> None:
+        """A new call was let in."""
+        self._admitted = time.monotonic() if now is None else now
