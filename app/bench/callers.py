@@ -210,7 +210,8 @@ def _inside(s: Mapping[str, Any]) -> str:
     return (f"\n  inside the service (its clock; histogram bucket bounds): last audio -> outbox p50 <= "
             f"{s['inside_p50_ms_at_most']} ms, p95 <= {s['inside_p95_ms_at_most']} ms; recognizer compute p50 <= "
             f"{s['compute_p50_ms_at_most']}, p95 <= {s['compute_p95_ms_at_most']} ms; silence waits and queueing "
-            f"p50 <= {s['waits_p50_ms_at_most']}, p95 <= {s['waits_p95_ms_at_most']} ms")
+            f"p50 <= {s['waits_p50_ms_at_most']}, p95 <= {s['waits_p95_ms_at_most']} ms; finals late after their "
+            f"turn ended p50 <= {s['late_p50_ms_at_most']}, p95 <= {s['late_p95_ms_at_most']} ms")
 
 
 def _alone(s: Mapping[str, Any]) -> str:

@@ -139,7 +139,7 @@ class ServedService:
 
 
 _INSIDE = {"inside": "hearsay_end_to_end_latency_seconds", "compute": "hearsay_asr_latency_seconds",
-           "waits": "hearsay_vad_latency_seconds"}
+           "waits": "hearsay_vad_latency_seconds", "late": "hearsay_final_lateness_seconds"}
 
 
 def _counter(metrics: str, name: str, **labels: str) -> float:

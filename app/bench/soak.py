@@ -4,11 +4,12 @@ The service runs as users run it (app/bench/served.py). N caller slots each plac
 call (the simulator, as `bench twilio` does), say three clips, hang up, and call again a
 moment later (0-1 s), with the next clips of the pool, until M minutes have passed; then the
 last calls finish. Every minute it reports the clips whose speech ended in that minute
-(end of speech -> webhook p50/p95/max), calls completed, the service's resident memory and
-its open file descriptors. At the end: finals lost (clips no final covers, and calls with no
-`call.ended`), RSS growth after the first five minutes (or the first minute in a shorter run)
-and over the second half (the service's memory warms up for 10-20 minutes at 24 callers, then
-stays flat), and whether the fd count stayed flat.
+(end of speech -> webhook p50/p95/max), calls completed, the service's resident memory, its
+open file descriptors and the calls it refused as busy (such a caller tries again 1 s later).
+At the end: finals lost (clips no final covers, and calls with no `call.ended`), RSS growth
+after the first five minutes (or the first minute in a shorter run) and over the second half
+(the service's memory warms up for 10-20 minutes at 24 callers, then stays flat), and whether
+the fd count stayed flat.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ async def _soak(args: argparse.Namespace) -> dict[str, Any]:
     arrivals = Arrivals()
     overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False}}
     outcomes: list[CallOutcome] = []
+    refused: list[float] = []  # when a call was refused as busy (each caller tries again 1 s later)
     samples: list[dict[str, Any]] = []
     async with served(args.config, overrides, match='twilio_to = ["*"]', on_event=arrivals) as service:
         t0 = time.monotonic()
@@ -75,17 +77,17 @@ async def _soak(args: argparse.Namespace) -> dict[str, Any]:
         counter = iter(range(10**9))
         sampler = asyncio.create_task(_sample_every_minute(service, t0, samples))
         print(f"bench soak: {args.calls} callers for {args.minutes:g} min ...", file=sys.stderr)
-        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, slot)
+        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, refused, slot)
                                for slot in range(args.calls)))
         await asyncio.sleep(2.0)  # the last finals' deliveries
         sampler.cancel()
         samples.append(_sample(service, t0))
         events = list(service.consumer.events)
-    return _summarise(outcomes, events, arrivals, samples, t0)
+    return _summarise(outcomes, refused, events, arrivals, samples, t0)
 
 
 async def _slot(service: ServedService, pool: list[Clip], next_index: Callable[[], int], until: float,
-                outcomes: list[CallOutcome], slot: int) -> None:
+                outcomes: list[CallOutcome], refused: list[float], slot: int) -> None:
     rng = random.Random(slot)
     await asyncio.sleep(rng.uniform(0.0, 3.0))
     while time.monotonic() < until:
@@ -96,6 +98,7 @@ async def _slot(service: ServedService, pool: list[Clip], next_index: Callable[[
                                               from_=f"+1555010{slot:04d}", to="+15550001111",
                                               call_sid=call_sid, auth_token=TOKEN)
             if answer.rejected:  # busy: try again shortly, as a caller would
+                refused.append(time.monotonic())
                 await asyncio.sleep(1.0)
                 continue
             result = await stream_call(session, SimCall(
@@ -117,8 +120,8 @@ def _sample(service: ServedService, t0: float) -> dict[str, Any]:
             "open_fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
 
 
-def _summarise(outcomes: list[CallOutcome], events: list[dict[str, Any]], arrivals: dict[str, float],
-               samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+def _summarise(outcomes: list[CallOutcome], refused: list[float], events: list[dict[str, Any]],
+               arrivals: dict[str, float], samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     clips = clip_latencies(outcomes, events, arrivals)
     ended = {e["call"]["id"] for e in events if e["type"] == "call.ended"}
     minutes = []
@@ -126,6 +129,7 @@ def _summarise(outcomes: list[CallOutcome], events: list[dict[str, Any]], arriva
         lat = [lat for at, lat in clips if lat is not None and m * 60 <= at - t0 < (m + 1) * 60]
         sample = min(samples, key=lambda s: abs(s["at_min"] - (m + 1)), default={})
         minutes.append({"minute": m + 1, "clips": len(lat), **percentiles_ms(lat),
+                        "refused": sum(m * 60 <= at - t0 < (m + 1) * 60 for at in refused),
                         "rss_mb": sample.get("rss_mb"), "open_fds": sample.get("open_fds")})
     base = minutes[min(BASELINE_MINUTE, len(minutes)) - 1]
     half = minutes[(len(minutes) - 1) // 2]  # the service's memory warms up for 10-20 minutes
@@ -133,6 +137,7 @@ def _summarise(outcomes: list[CallOutcome], events: list[dict[str, Any]], arriva
     return {
         "baseline_minute": base["minute"],
         "calls_placed": len(outcomes), "calls_without_end": sum(o.call_id not in ended for o in outcomes),
+        "calls_refused_busy": len(refused),
         "clips": len(clips), "finals_lost": sum(lat is None for _, lat in clips),
         **percentiles_ms([lat for _, lat in clips if lat is not None]),
         "rss_growth_percent": round(100 * (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"], 1),
@@ -144,13 +149,13 @@ def _summarise(outcomes: list[CallOutcome], events: list[dict[str, Any]], arriva
 
 def _print(s: dict[str, Any]) -> None:
     print(f"soak: {s['calls_placed']} calls, {s['clips']} clips; finals lost {s['finals_lost']}, "
-          f"calls without call.ended {s['calls_without_end']}")
+          f"calls without call.ended {s['calls_without_end']}, refused busy {s['calls_refused_busy']}")
     print(f"  end of speech -> webhook: p50 {s['latency_p50_ms']} ms, p95 {s['latency_p95_ms']} ms, "
           f"max {s['latency_max_ms']} ms")
     print(f"  RSS growth after minute {s['baseline_minute']}: {s['rss_growth_percent']} % (over the second half: "
           f"{s['rss_growth_second_half_percent']} %)   open fds "
           f"{s['fds_at_baseline']} -> {s['fds_at_end']}")
-    print("  minute  clips  p50  p95  max (ms)  RSS MB  fds")
+    print("  minute  clips  p50  p95  max (ms)  RSS MB  fds  refused")
     for m in s["per_minute"]:
         print(f"  {m['minute']:6d} {m['clips']:6d} {m['latency_p50_ms']} {m['latency_p95_ms']} "
-              f"{m['latency_max_ms']}  {m['rss_mb']}  {m['open_fds']}")
+              f"{m['latency_max_ms']}  {m['rss_mb']}  {m['open_fds']}  {m['refused']}")
