@@ -72,8 +72,9 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
         # The voice loads on the first `say` (a test that never speaks does not pay for it).
         "talkback": dataclasses.replace(base.talkback, preload_voice=False),
         "http": dataclasses.replace(base.http, host="127.0.0.1", port=0),
-        # The tests share one engine and load it unlike calls do (a test of the scheduler queues a
-        # dozen finals at once); the backlog guard has tests of its own (test_calls).
+        # The tests share one engine and feed it unlike callers do (whole clips at once, so their
+        # finals come late by design); the learned call limit has tests of its own (test_calls,
+        # test_lateness).
         "asr": dataclasses.replace(base.asr, busy_late_ms=0),
     }
     for section, values in sections.items():
