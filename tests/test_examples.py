@@ -41,10 +41,14 @@ async def test_the_echo_bot_says_back_what_the_caller_said(
         (plans / "default.toml").write_text(
             f'name = "default"\n[match]\ntwilio_to = ["*"]\n'
             f'[webhook]\nurl = "http://127.0.0.1:{port}/hook"\nsecret = "whsec_demo"\n')
-        hearsay = await running_app(make_settings(tmp_path))
+        # The voice loaded at start-up, as `make run` does, and the caller quiet for 6 s: the
+        # greeting (call.started -> webhook -> say -> Piper -> playback, about 2.5 s of speech)
+        # must be over before the caller talks, or the caller barges in on it. With 4 s and the
+        # voice loaded on the first say, a loaded CI machine cut "repeat it" off the greeting.
+        hearsay = await running_app(make_settings(tmp_path, talkback={"preload_voice": True}))
         url = hearsay.url("/twilio/media").replace("http://", "ws://")
         silence = b"\xff" * 8000
-        caller = silence * 4 + read_wav_mulaw(clip_path("arctic-aew-a0003")) + silence * 7
+        caller = silence * 6 + read_wav_mulaw(clip_path("arctic-aew-a0003")) + silence * 7
         async with aiohttp.ClientSession() as session:
             result = await stream_call(session, SimCall(url=url, audio=caller, speed=1.0))
     finally:
