@@ -63,7 +63,9 @@ class Uas:
             "-mp", str(free_port_range(8)), "-nostdin", "-trace_logs", "-log_file", str(self._log),
             "-trace_msg", "-message_file", str(self._messages), *keys,
             cwd=self._dir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        await until(lambda: _udp_taken(self.port), 3.0, f"sipp UAS on {self.port} did not start")
+        # A deadline, not a wait: sipp binds within milliseconds, but a CI machine busy with
+        # other tests once took more than 3 s to start it.
+        await until(lambda: _udp_taken(self.port), 15.0, f"sipp UAS on {self.port} did not start")
 
     async def stop(self) -> None:
         if self._process is not None and self._process.returncode is None:
