@@ -77,12 +77,11 @@ class CallHub:
         live = len(self._calls)
         if 0 < self.max_live_calls <= live:
             return f"{live} calls are live, the most this server takes ([asr] max_live_calls); try again shortly"
-        if already:
+        if already or not self.busy_late_s:
             return None
-        late = self.lateness.p90() if self.busy_late_s else 0.0
+        late = self.lateness.p90()
         before = self.learned_limit.limit
-        since = self.learned_limit.changed
-        limit = self.learned_limit.update(live, late, self.lateness.p90(since=since) if self.busy_late_s else 0.0)
+        limit = self.learned_limit.update(live, late, self.lateness.p90(since=self.learned_limit.changed))
         if limit != before:
             log.warning("this machine hears %s calls in time now (was %s; finals %.0f ms late with %d live, "
                         "[asr] busy_late_ms %.0f)", limit, before or "not known", late * 1000, live,
