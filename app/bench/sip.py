@@ -36,6 +36,7 @@ from typing import Any
 from app.bench.baseline import add_baseline
 from app.bench.callers import (
     HOLD_S,
+    LET_EVERY_CALLER_IN,
     Arrivals,
     CallerPlan,
     CallOutcome,
@@ -84,7 +85,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     plans = plans_for(args, args.calls)
     arrivals = Arrivals()
     max_calls = args.max_calls or max(4, args.calls)
-    overrides: dict[str, dict[str, Any]] = {"sip": {
+    overrides: dict[str, dict[str, Any]] = {**LET_EVERY_CALLER_IN, "sip": {
         "enabled": True, "host": "127.0.0.1", "port": args.port, "allow_from": [], "auth_username": "",
         "rtp_port_start": args.port + 1000, "rtp_port_count": max(2000, 16 * max_calls), "max_calls": max_calls}}
     print(f"bench sip: starting the service and {args.calls} caller(s) ...", file=sys.stderr)

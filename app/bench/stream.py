@@ -26,6 +26,7 @@ import numpy as np
 from app.bench.baseline import add_baseline
 from app.bench.callers import (
     HOLD_S,
+    LET_EVERY_CALLER_IN,
     RATE,
     Arrivals,
     CallerPlan,
@@ -64,6 +65,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     plans = plans_for(args, args.sessions)
     arrivals = Arrivals()
     overrides: dict[str, dict[str, Any]] = {
+        **LET_EVERY_CALLER_IN,
         "sip": {"enabled": False}, "auth": {"api_keys": []},
         "stream": {"max_sessions": max(64, args.sessions)}}
     lags: list[float] = []

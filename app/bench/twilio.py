@@ -24,6 +24,7 @@ import aiohttp
 from app.bench.baseline import add_baseline
 from app.bench.callers import (
     HOLD_S,
+    LET_EVERY_CALLER_IN,
     Arrivals,
     CallerPlan,
     CallOutcome,
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     plans = plans_for(args, args.calls)
     arrivals = Arrivals()
-    overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False}}
+    overrides: dict[str, dict[str, Any]] = {
+        **LET_EVERY_CALLER_IN, "twilio": {"auth_token": TOKEN}, "sip": {"enabled": False}}
     print(f"bench twilio: starting the service and {args.calls} caller(s) ...", file=sys.stderr)
     async with served(args.config, overrides, match='twilio_to = ["*"]',
                       interim=args.interim, on_event=arrivals) as service:
