@@ -35,6 +35,7 @@ import aiohttp
 from aiohttp import web
 
 from app.calls import CallHub
+from app.calls.lateness import starting_limit
 from app.delivery.events import WebhookEvent
 from app.delivery.outbox import Outbox
 from app.delivery.worker import Deliverer, DeliveryResult
@@ -169,11 +170,24 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
              ", ".join(p.name for p in plans) or "(none)")
     hub = CallHub(app[ENGINE], plans, app[OUTBOX], app[METRICS],
                   echo_margin_db=settings.talkback.echo_margin_db, max_live_calls=settings.asr.max_live_calls,
-                  busy_late_ms=settings.asr.busy_late_ms,
+                  busy_late_ms=settings.asr.busy_late_ms, starting_limit=await _starting_limit(app),
                   quality=QualityThresholds(**dataclasses.asdict(settings.quality)))
     app[CALL_HUB] = hub
     yield
     await hub.close()
+
+
+async def _starting_limit(app: web.Application) -> int | None:
+    """The live calls let in before any final has said how this machine copes (None: no
+    limit but max_live_calls), from how fast it encodes (calls.lateness.starting_limit)."""
+    asr, engine = app[SETTINGS].asr, app[ENGINE]
+    if not asr.busy_late_ms or engine is None:
+        return None
+    encode_ms = await asyncio.get_running_loop().run_in_executor(None, engine.recognizer(None).encode_ms)
+    limit = starting_limit(encode_ms, asr.workers, asr.max_live_calls)
+    log.info("this machine encodes 8 s of audio in %.0f ms: up to %d live calls to start with "
+             "(then learned from how late finals come, [asr] busy_late_ms)", encode_ms, limit)
+    return limit
 
 
 async def _end_calls(app: web.Application) -> None:

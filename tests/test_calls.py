@@ -233,6 +233,22 @@ async def test_the_hub_refuses_new_calls_while_the_engine_is_behind(engine: Any,
     await unguarded.close()
 
 
+async def test_before_any_final_the_hub_takes_the_calls_its_starting_limit_allows(
+        engine: Any, outbox: Outbox) -> None:
+    hub = CallHub(engine, Dialplans([PLAN]), outbox, busy_late_ms=300, starting_limit=1)
+    first = await hub.start(info("c1"), PHONE)
+    with pytest.raises(CallRejected) as refused:
+        await hub.start(info("c2"), PHONE)
+    assert refused.value.reason is Rejection.BUSY and "until its finals say more" in refused.value.message
+    # A Twilio call was let in at its voice webhook; its media stream is not refused later.
+    twilio = await hub.start(info("c3", None, CallSource.TWILIO), PHONE)
+    assert hub.get("c3") is twilio
+    await first.end()
+    await twilio.end()
+    assert (await hub.start(info("c4"), PHONE)).id == "c4"
+    await hub.close()
+
+
 async def test_the_hub_refuses_past_max_live_calls_until_one_ends(engine: Any, outbox: Outbox) -> None:
     hub = CallHub(engine, Dialplans([PLAN]), outbox, max_live_calls=2)
     first, _ = await hub.start(info("c1"), PHONE), await hub.start(info("c2"), PHONE)

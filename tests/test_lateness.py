@@ -1,6 +1,6 @@
 """calls.lateness: how late finals come, and the number of live calls learned from it."""
 
-from app.calls.lateness import MIN_FINALS, WINDOW_S, CallLimit, RecentLateness
+from app.calls.lateness import MIN_FINALS, WINDOW_S, CallLimit, RecentLateness, starting_limit
 
 
 def test_the_90th_percentile_of_the_last_window_and_nothing_from_too_few_finals() -> None:
@@ -42,3 +42,23 @@ def test_once_a_limit_is_learned_calls_are_let_in_one_at_a_time() -> None:
     limit.update(live=20, late=0.5, late_since_change=0.5, now=1.0)
     limit.admit(now=2.0)
     assert limit.paced(now=2.5) and not limit.paced(now=3.0)
+
+
+def test_a_machine_starts_with_as_many_calls_as_its_speed_suggests() -> None:
+    assert starting_limit(encode_ms=44.0, workers=2) == 15  # docs/engine.md's machine: what it learned
+    assert starting_limit(encode_ms=88.0, workers=2) == 7  # half as fast: half the calls
+    assert starting_limit(encode_ms=44.0, workers=4) == 30  # twice the workers (cores): twice
+    assert starting_limit(encode_ms=11.0, workers=2, most=32) == 32  # never past [asr] max_live_calls
+    assert starting_limit(encode_ms=5000.0, workers=2) == 1  # never below one
+
+
+def test_a_starting_limit_lets_a_burst_in_at_once_and_moves_as_a_learned_one() -> None:
+    limit = CallLimit(late_s=0.2, raise_every_s=30.0, admit_every_s=1.0, start=15, now=0.0)
+    limit.admit(now=1.0)
+    assert not limit.paced(now=1.1)  # callers arriving together are let in together ...
+    assert limit.update(live=15, late=0.0, late_since_change=0.0, now=2.0) == 15  # ... up to it
+    assert limit.update(live=15, late=0.1, late_since_change=0.1, now=31.0) == 16  # in time at it: one more
+    assert limit.update(live=16, late=0.4, late_since_change=0.4, now=40.0) == 12  # late: a quarter off
+    limit.admit(now=41.0)
+    assert limit.paced(now=41.5)  # and from then on one call at a time
+    assert CallLimit(late_s=0.0, start=15).update(live=50, late=5.0, late_since_change=5.0, now=0.0) is None

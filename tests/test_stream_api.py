@@ -257,6 +257,28 @@ async def test_limits_answer_with_a_code_then_close(running_app: StartApp, tmp_p
         assert ws.close_code == 1008
 
 
+async def test_a_server_takes_as_many_sessions_as_its_speed_suggests_before_any_final(
+    running_app: StartApp, tmp_path: Path
+) -> None:
+    server = await running_app(make_settings(tmp_path, asr={"busy_late_ms": 300}))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url("/metrics")) as response:
+            gauge = next(line for line in (await response.text()).splitlines()
+                         if line.startswith("hearsay_learned_call_limit "))
+        limit = int(float(gauge.split()[1]))  # what start-up measured (docs/engine.md), on any machine
+        assert 1 <= limit <= 32  # [asr] max_live_calls
+        sessions = [await http.ws_connect(server.url("/v1/stream")) for _ in range(limit + 1)]
+        for ws in sessions[:limit]:
+            await ws.send_json(START)
+            assert (await next_message(ws))["type"] == "transcription_started"
+        await sessions[limit].send_json(START)
+        busy = await next_message(sessions[limit])
+        assert busy["type"] == "error" and busy["code"] == "server_busy", busy
+        assert "busy_late_ms" in busy["message"]
+        for ws in sessions:
+            await ws.close()
+
+
 async def test_a_server_at_its_call_limit_answers_server_busy_and_takes_the_retry(
     running_app: StartApp, tmp_path: Path
 ) -> None:

@@ -46,12 +46,13 @@ class CallHub:
 
     def __init__(self, engine: SpeechEngine | None, dialplans: Dialplans, outbox: Outbox | None,
                  metrics: Metrics | None = None, *, echo_margin_db: float = 10.0, max_live_calls: int = 0,
-                 busy_late_ms: int = 0, quality: QualityThresholds | None = None) -> None:
+                 busy_late_ms: int = 0, starting_limit: int | None = None,
+                 quality: QualityThresholds | None = None) -> None:
         self.engine = engine
         self.max_live_calls = max_live_calls
         self.busy_late_s = busy_late_ms / 1000
         self.lateness = RecentLateness()  # of every call's finals (calls.lateness)
-        self.learned_limit = CallLimit(self.busy_late_s)
+        self.learned_limit = CallLimit(self.busy_late_s, start=starting_limit)
         self.dialplans = dialplans
         self.outbox = outbox
         self.metrics = metrics or Metrics()
@@ -71,7 +72,8 @@ class CallHub:
         """Let a new call in (None) or say why it is refused as busy: `max_live_calls` are
         live, or the engine is behind: the live calls' finals have lately come more than
         `busy_late_ms` late, or as many calls are live as this machine was found to hear in
-        time, or one was let in just now (calls.lateness, docs/engine.md). `already`: the call
+        time (before any final was late: as its speed suggests, `starting_limit`), or one was
+        let in just now (calls.lateness, docs/engine.md). `already`: the call
         was let in before (a Twilio call, at its voice webhook: once its media stream connects
         the caller has been answered), so only `max_live_calls` counts."""
         live = len(self._calls)
@@ -90,8 +92,8 @@ class CallHub:
             return (f"the speech engine is behind: finals have lately come {late * 1000:.0f} ms late (more than "
                     f"[asr] busy_late_ms, {self.busy_late_s * 1000:.0f}); try again shortly")
         if limit is not None and live >= limit:
-            return (f"{live} calls are live, the most this machine has lately heard in time ([asr] busy_late_ms); "
-                    f"try again shortly")
+            found = "has lately heard in time" if self.learned_limit.learned else "takes until its finals say more"
+            return f"{live} calls are live, the most this machine {found} ([asr] busy_late_ms); try again shortly"
         if self.learned_limit.paced():
             return "calls are let in one a second while this machine is near its limit; try again shortly"
         self.learned_limit.admit()

@@ -6,7 +6,9 @@ ready. That is the engine's own delay, the end-of-turn policy's waits excluded: 
 of the recognition, and any queueing for the VAD, the end-of-turn model or a recognizer. On a
 machine that keeps up it stays small; once the live calls are more than the machine can hear
 in time, it grows for every call. `CallHub` feeds one `RecentLateness` from all its calls and
-refuses new calls while its 90th percentile is above the setting (docs/engine.md, Under load).
+refuses new calls while its 90th percentile is above the setting, and past a `CallLimit`:
+learned from it, and before any final is late, from the machine's speed (`starting_limit`;
+docs/engine.md, Under load).
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ class RecentLateness:
             self._finals.popleft()
 
 
+# A machine's first call limit, before any final has said how it copes: proportional to its
+# speed (how long one worker takes to encode 8 s of audio, `Recognizer.encode_ms`) and to its
+# inference workers. On the 2-core machine of docs/engine.md (tiny.en encodes in 42-48 ms, two
+# workers) the limit learned under a soak settled at 15 calls, and a burst of more callers
+# than that made every call late for its first minute: 15 * 44 ms / 2 workers.
+CALL_MS_PER_WORKER = 330.0
+
+
+def starting_limit(encode_ms: float, workers: int, most: int = 0) -> int:
+    """How many live calls a machine is let take before its finals have said how it copes:
+    `CALL_MS_PER_WORKER * workers / encode_ms`, at least one and at most `most` (when not 0)."""
+    calls = max(1, int(CALL_MS_PER_WORKER * max(workers, 1) / max(encode_ms, 1e-3)))
+    return min(calls, most) if most > 0 else calls
+
+
 RAISE_EVERY_S = 30.0  # a learned limit goes up by one call this often while finals come in time
 ADMIT_EVERY_S = 1.0  # once a limit is learned, new calls are let in at most this often
 
@@ -62,16 +79,24 @@ class CallLimit:
     up by one call every `RAISE_EVERY_S` the calls are at it. TCP finds its window the same
     way. And once a limit is learned, calls are let in one at a time (`admit_every_s`):
     callers let in together speak and stop together, and their finals come late together (a
-    switch's sessions-per-second)."""
+    switch's sessions-per-second).
+
+    `start` (from `starting_limit`) is the limit before any final is late: it moves as a
+    learned one does, but calls are not paced under it until lateness has moved it. Without
+    it, every caller of a burst is let in before the first finals come."""
 
     def __init__(self, late_s: float, raise_every_s: float = RAISE_EVERY_S,
-                 admit_every_s: float = ADMIT_EVERY_S) -> None:
+                 admit_every_s: float = ADMIT_EVERY_S, start: int | None = None,
+                 now: float | None = None) -> None:
         self._late_s = late_s
         self._raise_every_s = raise_every_s
         self._admit_every_s = admit_every_s
         self._admitted = -float("inf")
-        self.limit: int | None = None  # None: nothing learned yet
+        self.limit: int | None = start if late_s else None  # None: no limit yet
+        self.learned = False  # whether late finals have set or moved the limit
         self.changed = -float("inf")  # when the limit last changed (monotonic clock)
+        if self.limit is not None:
+            self.changed = time.monotonic() if now is None else now
 
     def update(self, live: int, late: float, late_since_change: float, now: float | None = None) -> int | None:
         """The limit, after finals have lately come `late` seconds late (90th percentile) with
@@ -81,18 +106,18 @@ class CallLimit:
             return None
         if self.limit is None:
             if late > self._late_s:
-                self.limit, self.changed = max(1, live * 3 // 4), now
+                self.limit, self.changed, self.learned = max(1, live * 3 // 4), now, True
         elif late_since_change > self._late_s:
-            self.limit, self.changed = max(1, self.limit * 3 // 4), now
+            self.limit, self.changed, self.learned = max(1, self.limit * 3 // 4), now, True
         elif late <= self._late_s and live >= self.limit and now - self.changed >= self._raise_every_s:
             self.limit, self.changed = self.limit + 1, now
         return self.limit
 
     def paced(self, now: float | None = None) -> bool:
-        """Whether a new call must wait its turn (a limit is learned and one was let in less
-        than `admit_every_s` ago)."""
+        """Whether a new call must wait its turn (late finals have set the limit and one was
+        let in less than `admit_every_s` ago)."""
         now = time.monotonic() if now is None else now
-        return self.limit is not None and now - self._admitted < self._admit_every_s
+        return self.learned and now - self._admitted < self._admit_every_s
 
     def admit(self, now: float | None = None) -> None:
         """A new call was let in."""

@@ -22,6 +22,7 @@ and only what follows the forced text is its result.
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +95,20 @@ class Recognizer:
     def whisper(self) -> WhisperModel:
         """The underlying faster-whisper model (the benchmark compares it, used stock)."""
         return self._model
+
+    def encode_ms(self, seconds: float = 8.0, runs: int = 5) -> float:
+        """How long one worker takes to encode `seconds` of audio on this machine, in ms (the
+        median of `runs`, after one to warm up): a measure of the machine's speed for this
+        model that does not depend on what is said. Blocking (about 0.3 s on a 2-core machine
+        for tiny.en); the call limit starts from it (`calls.lateness.starting_limit`)."""
+        audio = np.zeros((1, int(seconds * SAMPLE_RATE)), dtype=np.float32)
+        self._encode_batch(audio)
+        took = []
+        for _ in range(runs):
+            began = time.perf_counter()
+            self._encode_batch(audio)
+            took.append((time.perf_counter() - began) * 1000)
+        return statistics.median(took)
 
     def _encode_batch(self, audio: np.ndarray) -> np.ndarray:
         """Encoder output for equal-length 16 kHz rows: (batch, positions, width)."""
