@@ -1,9 +1,10 @@
 """`python -m app bench soak --minutes M --calls N`: N callers talking for M minutes, no let-up.
 
 The service runs as users run it (app/bench/served.py). N caller slots each place a Twilio
-call (the simulator, as `bench twilio` does), say three clips, hang up, and call again a
-moment later (0-1 s), with the next clips of the pool, until M minutes have passed; then the
-last calls finish. Every minute it reports the clips whose speech ended in that minute
+call (the simulator, as `bench twilio` does; with `--ingress stream`, a `/v1/stream` session
+of 8 kHz MULAW, as `bench stream` does), say three clips, hang up, and call again a moment
+later (0-1 s), with the next clips of the pool, until M minutes have passed; then the last
+calls finish. Every minute it reports the clips whose speech ended in that minute
 (end of speech -> webhook p50/p95/max), calls completed, the service's resident memory, its
 open file descriptors and the calls it refused as busy (such a caller tries again 1 s later).
 At the end: finals lost (clips no final covers, and calls with no `call.ended`), RSS growth
@@ -20,7 +21,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import aiohttp
 from app.bench.callers import (
     HOLD_S,
     Arrivals,
+    CallerPlan,
     CallOutcome,
     Clip,
     add_load_arguments,
@@ -38,6 +40,7 @@ from app.bench.callers import (
     plan_call,
 )
 from app.bench.served import ServedService, rss_mb, served
+from app.bench.stream import stream_session
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
 from app.sim.twilio import SimCall, new_sid, post_voice_webhook, stream_call
@@ -49,6 +52,8 @@ BASELINE_MINUTE = 5  # RSS growth is measured against this minute's (the first, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="how long callers keep calling (default 30)")
     parser.add_argument("--calls", type=int, default=24, help="callers talking at once (default 24)")
+    parser.add_argument("--ingress", choices=("twilio", "stream"), default="twilio",
+                        help="how callers reach the service: Twilio Media Streams or /v1/stream (default twilio)")
     add_load_arguments(parser)
 
 
@@ -67,17 +72,20 @@ def run(args: argparse.Namespace) -> int:
 async def _soak(args: argparse.Namespace) -> dict[str, Any]:
     pool = load_pool(Path(args.speech_dir))
     arrivals = Arrivals()
-    overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False}}
+    overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False},
+                                            "auth": {"api_keys": []}, "stream": {"max_sessions": max(64, args.calls)}}
     outcomes: list[CallOutcome] = []
     refused: list[float] = []  # when a call was refused as busy (each caller tries again 1 s later)
     samples: list[dict[str, Any]] = []
-    async with served(args.config, overrides, match='twilio_to = ["*"]', on_event=arrivals) as service:
+    match = 'twilio_to = ["*"]' if args.ingress == "twilio" else ""
+    async with served(args.config, overrides, match=match, on_event=arrivals) as service:
         t0 = time.monotonic()
         until = t0 + args.minutes * 60
         counter = iter(range(10**9))
         sampler = asyncio.create_task(_sample_every_minute(service, t0, samples))
-        print(f"bench soak: {args.calls} callers for {args.minutes:g} min ...", file=sys.stderr)
-        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, refused, slot)
+        print(f"bench soak: {args.calls} {args.ingress} callers for {args.minutes:g} min ...", file=sys.stderr)
+        call = _twilio_call if args.ingress == "twilio" else _stream_call
+        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, refused, slot, call)
                                for slot in range(args.calls)))
         await asyncio.sleep(2.0)  # the last finals' deliveries
         sampler.cancel()
@@ -86,26 +94,41 @@ async def _soak(args: argparse.Namespace) -> dict[str, Any]:
     return _summarise(outcomes, refused, events, arrivals, samples, t0)
 
 
+# One call of a slot: its outcome, or None when the service refused it as busy.
+Caller = Callable[[ServedService, CallerPlan, int], Awaitable[CallOutcome | None]]
+
+
 async def _slot(service: ServedService, pool: list[Clip], next_index: Callable[[], int], until: float,
-                outcomes: list[CallOutcome], refused: list[float], slot: int) -> None:
+                outcomes: list[CallOutcome], refused: list[float], slot: int, call: Caller) -> None:
     rng = random.Random(slot)
     await asyncio.sleep(rng.uniform(0.0, 3.0))
     while time.monotonic() < until:
-        plan = plan_call(pool, next_index())
-        call_sid = new_sid("CA")
-        async with aiohttp.ClientSession() as session:
-            answer = await post_voice_webhook(session, f"http://{service.http}/twilio/voice",
-                                              from_=f"+1555010{slot:04d}", to="+15550001111",
-                                              call_sid=call_sid, auth_token=TOKEN)
-            if answer.rejected:  # busy: try again shortly, as a caller would
-                refused.append(time.monotonic())
-                await asyncio.sleep(1.0)
-                continue
-            result = await stream_call(session, SimCall(
-                url=answer.stream_url, audio=encode(plan.samples, Encoding.MULAW), hold_s=HOLD_S,
-                custom_parameters=answer.parameters, auth_token=TOKEN, call_sid=call_sid))
-        outcomes.append(CallOutcome(plan, call_sid, result.started_at))
+        outcome = await call(service, plan_call(pool, next_index()), slot)
+        if outcome is None:  # busy: try again shortly, as a caller would
+            refused.append(time.monotonic())
+            await asyncio.sleep(1.0)
+            continue
+        outcomes.append(outcome)
         await asyncio.sleep(rng.uniform(0.0, 1.0))
+
+
+async def _twilio_call(service: ServedService, plan: CallerPlan, slot: int) -> CallOutcome | None:
+    call_sid = new_sid("CA")
+    async with aiohttp.ClientSession() as session:
+        answer = await post_voice_webhook(session, f"http://{service.http}/twilio/voice",
+                                          from_=f"+1555010{slot:04d}", to="+15550001111",
+                                          call_sid=call_sid, auth_token=TOKEN)
+        if answer.rejected:
+            return None
+        result = await stream_call(session, SimCall(
+            url=answer.stream_url, audio=encode(plan.samples, Encoding.MULAW), hold_s=HOLD_S,
+            custom_parameters=answer.parameters, auth_token=TOKEN, call_sid=call_sid))
+    return CallOutcome(plan, call_sid, result.started_at)
+
+
+async def _stream_call(service: ServedService, plan: CallerPlan, slot: int) -> CallOutcome | None:
+    async with aiohttp.ClientSession() as session:
+        return await stream_session(session, f"ws://{service.http}/v1/stream", plan, service.consumer, [])
 
 
 async def _sample_every_minute(service: ServedService, t0: float, samples: list[dict[str, Any]]) -> None:

@@ -73,22 +73,28 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     async with served(args.config, overrides, match="", interim=args.interim, on_event=arrivals) as service:
         window = service.window()
         async with aiohttp.ClientSession() as http:
-            outcomes = await asyncio.gather(*(
-                _session(http, f"ws://{service.http}/v1/stream", plan, args, lags, service.consumer)
+            answered = await asyncio.gather(*(
+                stream_session(http, f"ws://{service.http}/v1/stream", plan, service.consumer, lags,
+                               linear16=args.linear16, interim=args.interim)
                 for plan in plans))
+        outcomes = [outcome for outcome in answered if outcome is not None]
+        if len(outcomes) < len(plans):
+            raise RuntimeError(f"{len(plans) - len(outcomes)} session(s) were refused as busy: "
+                               "raise [asr] max_live_calls past --sessions")
         usage = window.close()
         figures = await service.figures("stream")
     return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures,
             "max_send_lag_ms": round(max(lags, default=0.0) * 1000)}
 
 
-async def _session(http: aiohttp.ClientSession, url: str, plan: CallerPlan, args: argparse.Namespace,
-                   lags: list[float],
-                   consumer: WebhookConsumer) -> CallOutcome:
-    """One caller: start, stream its audio in real time, stop; its id and stream second 0."""
+async def stream_session(http: aiohttp.ClientSession, url: str, plan: CallerPlan, consumer: WebhookConsumer,
+                         lags: list[float], *, linear16: bool = False, interim: bool = False) -> CallOutcome | None:
+    """One caller: start, stream its audio in real time, stop; its id and stream second 0, or
+    None when the service answered `server_busy` (the session is closed at once). The largest
+    lag behind real time in sending goes to `lags`."""
     await asyncio.sleep(plan.start_s)
     samples = np.concatenate([plan.samples, np.zeros(int(HOLD_S * RATE), np.float32)])
-    if args.linear16:
+    if linear16:
         pcm = resample_whole(samples, RATE, 16000)
         audio = (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
         config = {"sampleRate": 16000, "encoding": "LINEAR16"}
@@ -101,8 +107,13 @@ async def _session(http: aiohttp.ClientSession, url: str, plan: CallerPlan, args
     lag = 0.0
     async with http.ws_connect(url) as ws:
         await ws.send_json({"type": "start_transcription", "config": {**config, "dialplan": "bench",
-                                                                          "interimResults": args.interim}})
-        session_id = json.loads((await ws.receive(timeout=30)).data)["sessionId"]
+                                                                          "interimResults": interim}})
+        answer = json.loads((await ws.receive(timeout=30)).data)
+        if answer.get("code") == "server_busy":
+            return None
+        if "sessionId" not in answer:
+            raise RuntimeError(f"the service did not start the session: {answer}")
+        session_id = answer["sessionId"]
         receiver = asyncio.create_task(_drain(ws))
         t0 = loop.time()  # the loop's clock is time.monotonic(), as the consumer's
         for k in range(len(audio) // frame):
