@@ -260,13 +260,15 @@ async def test_limits_answer_with_a_code_then_close(running_app: StartApp, tmp_p
 async def test_a_server_takes_as_many_sessions_as_its_speed_suggests_before_any_final(
     running_app: StartApp, tmp_path: Path
 ) -> None:
-    server = await running_app(make_settings(tmp_path, asr={"busy_late_ms": 300}))
+    # No other limit: on a fast machine the speed alone would let in more than the defaults.
+    settings = make_settings(tmp_path, asr={"busy_late_ms": 300, "max_live_calls": 0}, stream={"max_sessions": 10_000})
+    server = await running_app(settings)
     async with aiohttp.ClientSession() as http:
         async with http.get(server.url("/metrics")) as response:
             gauge = next(line for line in (await response.text()).splitlines()
                          if line.startswith("hearsay_learned_call_limit "))
         limit = int(float(gauge.split()[1]))  # what start-up measured (docs/engine.md), on any machine
-        assert 1 <= limit <= 32  # [asr] max_live_calls
+        assert limit >= 1
         sessions = [await http.ws_connect(server.url("/v1/stream")) for _ in range(limit + 1)]
         for ws in sessions[:limit]:
             await ws.send_json(START)
