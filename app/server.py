@@ -183,7 +183,11 @@ async def _starting_limit(app: web.Application) -> int | None:
     asr, engine = app[SETTINGS].asr, app[ENGINE]
     if not asr.busy_late_ms or engine is None:
         return None
-    encode_ms = await asyncio.get_running_loop().run_in_executor(None, engine.recognizer(None).encode_ms)
+    try:
+        encode_ms = await asyncio.get_running_loop().run_in_executor(None, engine.recognizer(None).encode_ms)
+    except Exception:
+        log.exception("timing the speech engine failed; no call limit but max_live_calls until finals are late")
+        return None
     limit = starting_limit(encode_ms, asr.workers, asr.max_live_calls)
     log.info("this machine encodes 8 s of audio in %.0f ms: up to %d live calls to start with "
              "(then learned from how late finals come, [asr] busy_late_ms)", encode_ms, limit)
