@@ -59,8 +59,8 @@ class Metrics:
             "hearsay_recent_lateness_seconds", "The 90th percentile of the finals' lateness over the last 10 s "
             "(new calls are refused as busy above [asr] busy_late_ms)", registry=r)
         self.learned_call_limit = Gauge(
-            "hearsay_learned_call_limit", "Live calls this machine was found to hear in time (calls.lateness; "
-            "0: none learned)", registry=r)
+            "hearsay_learned_call_limit", "Live calls let in: first as the machine's speed suggests, then as "
+            "many as it was found to hear in time (calls.lateness; 0: no such limit)", registry=r)
         self.sip_worker_up = Gauge(
             "hearsay_sip_worker_up", "1 while the SIP worker serves, 0 while it is down or starting",
             ["worker"], registry=r)

@@ -52,14 +52,14 @@ class CallHub:
         self.max_live_calls = max_live_calls
         self.busy_late_s = busy_late_ms / 1000
         self.lateness = RecentLateness()  # of every call's finals (calls.lateness)
-        self.learned_limit = CallLimit(self.busy_late_s, start=starting_limit)
+        self.call_limit = CallLimit(self.busy_late_s, start=starting_limit)  # from the speed, then learned
         self.dialplans = dialplans
         self.outbox = outbox
         self.metrics = metrics or Metrics()
         self.echo_margin_db = echo_margin_db
         self.quality = quality or QualityThresholds()
         self.metrics.recent_lateness.set_function(self.lateness.p90)
-        self.metrics.learned_call_limit.set_function(lambda: self.learned_limit.limit or 0)
+        self.metrics.learned_call_limit.set_function(lambda: self.call_limit.limit or 0)
         self._calls: dict[str, Call] = {}
         self._observers: list[Callable[[Call], None]] = []
         self._closing = False
@@ -82,8 +82,8 @@ class CallHub:
         if already or not self.busy_late_s:
             return None
         late = self.lateness.p90()
-        before = self.learned_limit.limit
-        limit = self.learned_limit.update(live, late, self.lateness.p90(since=self.learned_limit.changed))
+        before = self.call_limit.limit
+        limit = self.call_limit.update(live, late, self.lateness.p90(since=self.call_limit.changed))
         if limit != before:
             log.warning("this machine hears %s calls in time now (was %s; finals %.0f ms late with %d live, "
                         "[asr] busy_late_ms %.0f)", limit, before or "not known", late * 1000, live,
@@ -92,11 +92,11 @@ class CallHub:
             return (f"the speech engine is behind: finals have lately come {late * 1000:.0f} ms late (more than "
                     f"[asr] busy_late_ms, {self.busy_late_s * 1000:.0f}); try again shortly")
         if limit is not None and live >= limit:
-            found = "has lately heard in time" if self.learned_limit.learned else "takes until its finals say more"
+            found = "has lately heard in time" if self.call_limit.learned else "takes until its finals say more"
             return f"{live} calls are live, the most this machine {found} ([asr] busy_late_ms); try again shortly"
-        if self.learned_limit.paced():
+        if self.call_limit.paced():
             return "calls are let in one a second while this machine is near its limit; try again shortly"
-        self.learned_limit.admit()
+        self.call_limit.admit()
         return None
 
     def get(self, call_id: str) -> Call | None:
