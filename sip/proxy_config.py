@@ -338,7 +338,9 @@ onreply_route[WORKER_REPLY] {
 }
 
 # A worker refused (486/503), timed out (408) or did not answer: the next worker, if any;
-# otherwise the failure goes back to the caller (the best of the last try's replies).
+# otherwise the failure goes back to the caller (the best of the last try's replies). A 503
+# with a Retry-After is the engine saying it is busy ([asr] max_live_calls, or its finals
+# late): every worker shares that engine, so none is tried after it.
 failure_route[WORKER_FAILED] {
 	if (t_is_canceled()) {
 		ds_load_unset();
@@ -348,9 +350,14 @@ failure_route[WORKER_FAILED] {
 		xlog("L_WARN", "hearsay: worker $xavp(_dsdst_=>uri) did not answer $ci: marked down\n");
 		ds_mark_dst("ip");
 	}
+	$var(engine_busy) = 0;
+	if (t_check_status("503") && $T_rpl($hdr(Retry-After)) != $null) {
+		$var(engine_busy) = 1;
+	}
 	# ds_next_dst() moves the call's load to the next worker, if there is one left to try;
 	# ds_load_unset() must come while the worker just tried is still the current one.
-	if ((t_branch_timeout() || t_check_status("486|503|408")) && $xavp(_dsdst_[1]=>uri) != $null) {
+	if ((t_branch_timeout() || t_check_status("486|503|408")) && $var(engine_busy) == 0
+			&& $xavp(_dsdst_[1]=>uri) != $null) {
 		if (ds_next_dst()) {
 			xlog("L_INFO", "hearsay: $ci failed on a worker: trying $du\n");
 			t_on_reply("WORKER_REPLY");

@@ -124,6 +124,31 @@ async def test_sixteen_calls_through_the_proxy_are_all_heard_and_a_seventeenth_i
     assert consumer.rejected == 0
 
 
+async def test_a_call_the_engine_is_too_busy_for_is_refused_by_one_worker_not_by_each(
+    engine: Any, consumer: WebhookConsumer, tmp_path: Path
+) -> None:
+    # Two workers share one engine, which takes one live call: the worker asked first answers
+    # 503 with a Retry-After, and the proxy hands that to the caller without asking the other
+    # (it would only ask the same engine again).
+    settings = proxied_settings(tmp_path, consumer, max_calls=8)
+    settings = dataclasses.replace(settings, asr=dataclasses.replace(settings.asr, max_live_calls=1))
+    clip_ulaw(CLIP, tmp_path, tail_s=1.0)
+    async with service(settings, engine) as server:
+        assert [w["state"] for w in (await sip_health(server))["workers"]] == ["serving"] * 2
+        async with callers(settings, tmp_path, 1, hold_ms=HOLD_MS) as calls:
+            await until(lambda: _with_calls(server, 1))
+            refused = await run_sipp_async("uac_refused.xml", settings.sip.port, "100", tmp_path)
+            assert "refused 503 retry-after 5" in refused.log, refused.output
+            async with aiohttp.ClientSession() as http:
+                metrics = await (await http.get(server.make_url("/metrics"))).text()
+            assert 'hearsay_refused_busy_total{source="sip"} 1.0' in metrics.splitlines()
+            assert await asyncio.wait_for(calls.wait(), WAIT_S) == 0
+        async with asyncio.timeout(WAIT_S):
+            (ended,) = await consumer.wait_for(lambda c: c.of_type("call.ended"))
+    assert ended["reason"] == "hangup"
+    assert wer(reference(CLIP), heard(consumer, ended["call"]["id"])) <= 2 / 11
+
+
 async def _with_calls(server: TestServer, n: int) -> dict[str, Any] | None:
     sip = await sip_health(server)
     return sip if sip["active_calls"] >= n else None
