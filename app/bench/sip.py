@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from datetime import datetime
@@ -52,6 +53,10 @@ from app.pipeline.types import Encoding
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "tests" / "sipp" / "uac_stream.xml"
 CALLER_NICE = 19
+# What sipp prints (and exits 1 on) when the INVITE is refused as busy where it expects the
+# 200 (it ACKs the refusal first): 503 from the service, or 486 from the proxy when every SIP
+# worker has its calls.
+BUSY = re.compile(rb"received 'SIP/2\.0 (486|503) ")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,36 +90,49 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     plans = plans_for(args, args.calls)
     arrivals = Arrivals()
     max_calls = args.max_calls or max(4, args.calls)
-    overrides: dict[str, dict[str, Any]] = {**LET_EVERY_CALLER_IN, "sip": {
-        "enabled": True, "host": "127.0.0.1", "port": args.port, "allow_from": [], "auth_username": "",
-        "rtp_port_start": args.port + 1000, "rtp_port_count": max(2000, 16 * max_calls), "max_calls": max_calls}}
+    overrides: dict[str, dict[str, Any]] = {**LET_EVERY_CALLER_IN, "sip": sip_settings(args.port, max_calls)}
     print(f"bench sip: starting the service and {args.calls} caller(s) ...", file=sys.stderr)
     async with served(args.config, overrides, match='sip_user = ["*"]',
                       interim=args.interim, on_event=arrivals) as service:
         workers = [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
         window = service.window(*workers)  # "children" in the summary: the SIP workers
-        outcomes = await asyncio.gather(*(_caller(service, plan, args.port, args.caller_nice)
-                                          for plan in plans))
+        calls = await asyncio.gather(*(sip_call(service, plan, args.port, args.caller_nice) for plan in plans))
+        outcomes = [c for c in calls if c is not None]
+        if len(outcomes) < len(calls):
+            raise RuntimeError(f"the service refused {len(calls) - len(outcomes)} SIP call(s) as busy")
         usage = window.close()
         figures = await service.figures("sip", bridge="hearsay_sip_bridge_latency_seconds")
     return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures, "max_calls": max_calls,
             "caller_nice": args.caller_nice}
 
 
-async def _caller(service: ServedService, plan: CallerPlan, port: int, nice: int) -> CallOutcome:
+def sip_settings(port: int, max_calls: int) -> dict[str, Any]:
+    """The service's [sip] for a benchmark: on loopback at `port`, open to any caller, RTP
+    ports above it, `max_calls` at once."""
+    return {"enabled": True, "host": "127.0.0.1", "port": port, "allow_from": [], "auth_username": "",
+            "rtp_port_start": port + 1000, "rtp_port_count": max(2000, 16 * max_calls), "max_calls": max_calls}
+
+
+async def sip_call(service: ServedService, plan: CallerPlan, port: int, nice: int, *,
+                   slot: int | None = None) -> CallOutcome | None:
     """One sipp process (at niceness `nice`) placing one call that streams the plan's audio;
-    its call's outcome."""
+    its call's outcome, or None when the service refused it as busy (503, or 486 from the
+    proxy: sipp ACKs the refusal and exits 1). The caller's RTP port and working directory are picked by `slot`
+    (default: the plan's index), so a slot that calls again and again reuses its own."""
     await asyncio.sleep(plan.start_s)
-    directory = service.workdir / f"caller-{plan.index}"
+    slot = plan.index if slot is None else slot
+    directory = service.workdir / f"caller-{slot}"
     await asyncio.to_thread(_write_clip, directory, plan)
     proc = await asyncio.create_subprocess_exec(
         "nice", "-n", str(nice), "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIO), "-s", "100", "-m", "1", "-l", "1",
         "-d", str(int((plan.duration_s + HOLD_S) * 1000)), "-i", "127.0.0.1", "-p", str(free_udp_port()),
-        "-mp", str(port + 3000 + 8 * plan.index), "-nostdin", "-timeout", "300s",
+        "-mp", str(port + 3000 + 8 * slot), "-nostdin", "-timeout", "300s",
         cwd=directory, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     if proc.returncode:
-        print(f"bench sip: caller {plan.index}: sipp exited {proc.returncode}: {err.decode()[-300:]}",
+        if BUSY.search(err):
+            return None
+        print(f"bench sip: caller {slot}: sipp exited {proc.returncode}: {err.decode()[-300:]}",
               file=sys.stderr)
     call_id = f"1-{proc.pid}@127.0.0.1"
     started = await service.consumer.wait(call_id, "call.started", timeout_s=60)
@@ -123,7 +141,7 @@ async def _caller(service: ServedService, plan: CallerPlan, port: int, nice: int
 
 
 def _write_clip(directory: Path, plan: CallerPlan) -> None:
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)
     (directory / "clip.ulaw").write_bytes(encode(plan.samples, Encoding.MULAW))
 
 

@@ -2,7 +2,8 @@
 
 The service runs as users run it (app/bench/served.py). N caller slots each place a Twilio
 call (the simulator, as `bench twilio` does; with `--ingress stream`, a `/v1/stream` session
-of 8 kHz MULAW, as `bench stream` does), say three clips, hang up, and call again a moment
+of 8 kHz MULAW, as `bench stream` does; with `--ingress sip`, a sipp call through Kamailio to
+the SIP workers, as `bench sip` does), say three clips, hang up, and call again a moment
 later (0-1 s), with the next clips of the pool, until M minutes have passed; then the last
 calls finish. Every minute it reports the clips whose speech ended in that minute
 (end of speech -> webhook p50/p95/max), calls completed, the service's resident memory, its
@@ -40,20 +41,24 @@ from app.bench.callers import (
     plan_call,
 )
 from app.bench.served import ServedService, rss_mb, served
+from app.bench.sip import CALLER_NICE, sip_call, sip_settings
 from app.bench.stream import stream_session
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
 from app.sim.twilio import SimCall, new_sid, post_voice_webhook, stream_call
+from sip.agent import BUSY_RETRY_AFTER_S
 
 TOKEN = "bench-auth-token"
+SIP_PORT = 25060
 BASELINE_MINUTE = 5  # RSS growth is measured against this minute's (the first, in shorter runs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="how long callers keep calling (default 30)")
     parser.add_argument("--calls", type=int, default=24, help="callers talking at once (default 24)")
-    parser.add_argument("--ingress", choices=("twilio", "stream"), default="twilio",
-                        help="how callers reach the service: Twilio Media Streams or /v1/stream (default twilio)")
+    parser.add_argument("--ingress", choices=("twilio", "stream", "sip"), default="twilio",
+                        help="how callers reach the service: Twilio Media Streams, /v1/stream or SIP "
+                             "(default twilio)")
     add_load_arguments(parser)
 
 
@@ -72,24 +77,26 @@ def run(args: argparse.Namespace) -> int:
 async def _soak(args: argparse.Namespace) -> dict[str, Any]:
     pool = load_pool(Path(args.speech_dir))
     arrivals = Arrivals()
-    overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": {"enabled": False},
+    sip = sip_settings(SIP_PORT, max(4, args.calls)) if args.ingress == "sip" else {"enabled": False}
+    overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": sip,
                                             "auth": {"api_keys": []}, "stream": {"max_sessions": max(64, args.calls)}}
     outcomes: list[CallOutcome] = []
     refused: list[float] = []  # when a call was refused as busy (each caller tries again 1 s later)
     samples: list[dict[str, Any]] = []
-    match = 'twilio_to = ["*"]' if args.ingress == "twilio" else ""
+    match = {"twilio": 'twilio_to = ["*"]', "sip": 'sip_user = ["*"]'}.get(args.ingress, "")
     async with served(args.config, overrides, match=match, on_event=arrivals) as service:
         t0 = time.monotonic()
         until = t0 + args.minutes * 60
         counter = iter(range(10**9))
-        sampler = asyncio.create_task(_sample_every_minute(service, t0, samples))
+        workers = await _sip_workers(service) if args.ingress == "sip" else []
+        sampler = asyncio.create_task(_sample_every_minute(service, workers, t0, samples))
         print(f"bench soak: {args.calls} {args.ingress} callers for {args.minutes:g} min ...", file=sys.stderr)
-        call = _twilio_call if args.ingress == "twilio" else _stream_call
-        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, refused, slot, call)
-                               for slot in range(args.calls)))
+        call, retry_s = CALLERS[args.ingress]
+        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, refused, slot, call,
+                                     retry_s) for slot in range(args.calls)))
         await asyncio.sleep(2.0)  # the last finals' deliveries
         sampler.cancel()
-        samples.append(_sample(service, t0))
+        samples.append(_sample(service, workers, t0))
         events = list(service.consumer.events)
     return _summarise(outcomes, refused, events, arrivals, samples, t0)
 
@@ -99,14 +106,14 @@ Caller = Callable[[ServedService, CallerPlan, int], Awaitable[CallOutcome | None
 
 
 async def _slot(service: ServedService, pool: list[Clip], next_index: Callable[[], int], until: float,
-                outcomes: list[CallOutcome], refused: list[float], slot: int, call: Caller) -> None:
+                outcomes: list[CallOutcome], refused: list[float], slot: int, call: Caller, retry_s: float) -> None:
     rng = random.Random(slot)
     await asyncio.sleep(rng.uniform(0.0, 3.0))
     while time.monotonic() < until:
         outcome = await call(service, plan_call(pool, next_index()), slot)
         if outcome is None:  # busy: try again shortly, as a caller would
             refused.append(time.monotonic())
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(retry_s)
             continue
         outcomes.append(outcome)
         await asyncio.sleep(rng.uniform(0.0, 1.0))
@@ -131,29 +138,55 @@ async def _stream_call(service: ServedService, plan: CallerPlan, slot: int) -> C
         return await stream_session(session, f"ws://{service.http}/v1/stream", plan, service.consumer, [])
 
 
-async def _sample_every_minute(service: ServedService, t0: float, samples: list[dict[str, Any]]) -> None:
+async def _sip_call(service: ServedService, plan: CallerPlan, slot: int) -> CallOutcome | None:
+    return await sip_call(service, plan, SIP_PORT, CALLER_NICE, slot=slot)
+
+
+async def _sip_workers(service: ServedService) -> list[int]:
+    """The SIP worker processes' pids (they live as long as the service)."""
+    return [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
+
+
+# Each ingress's caller, and how long one refused as busy waits before calling again: a
+# second over Twilio and /v1/stream; over SIP, the Retry-After of the service's 503 (a trunk
+# holds calls back from a server that says it is busy for that long).
+CALLERS: dict[str, tuple[Caller, float]] = {"twilio": (_twilio_call, 1.0), "stream": (_stream_call, 1.0),
+                                           "sip": (_sip_call, BUSY_RETRY_AFTER_S)}
+
+
+async def _sample_every_minute(service: ServedService, workers: list[int], t0: float,
+                               samples: list[dict[str, Any]]) -> None:
     while True:
         await asyncio.sleep(60 - (time.monotonic() - t0) % 60)
-        samples.append(_sample(service, t0))
+        samples.append(_sample(service, workers, t0))
 
 
-def _sample(service: ServedService, t0: float) -> dict[str, Any]:
+def _sample(service: ServedService, workers: list[int], t0: float) -> dict[str, Any]:
+    """The service's RSS and open fds now; with SIP workers, theirs summed too."""
     pid = service.process.pid
-    return {"at_min": round((time.monotonic() - t0) / 60, 2), "rss_mb": round(rss_mb(pid)),
-            "open_fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
+    sample = {"at_min": round((time.monotonic() - t0) / 60, 2), "rss_mb": round(rss_mb(pid)), "open_fds": _fds(pid)}
+    if workers:
+        sample |= {"workers_rss_mb": round(sum(rss_mb(w) for w in workers)),
+                   "workers_fds": sum(_fds(w) for w in workers)}
+    return sample
+
+
+def _fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
 def _summarise(outcomes: list[CallOutcome], refused: list[float], events: list[dict[str, Any]],
                arrivals: dict[str, float], samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     clips = clip_latencies(outcomes, events, arrivals)
     ended = {e["call"]["id"] for e in events if e["type"] == "call.ended"}
-    minutes = []
+    minutes: list[dict[str, Any]] = []
     for m in range(max(1, round(max((s["at_min"] for s in samples), default=1)))):
         lat = [lat for at, lat in clips if lat is not None and m * 60 <= at - t0 < (m + 1) * 60]
         sample = min(samples, key=lambda s: abs(s["at_min"] - (m + 1)), default={})
         minutes.append({"minute": m + 1, "clips": len(lat), **percentiles_ms(lat),
                         "refused": sum(m * 60 <= at - t0 < (m + 1) * 60 for at in refused),
-                        "rss_mb": sample.get("rss_mb"), "open_fds": sample.get("open_fds")})
+                        **{k: sample.get(k) for k in ("rss_mb", "open_fds", "workers_rss_mb", "workers_fds")
+                           if k in sample}})
     base = minutes[min(BASELINE_MINUTE, len(minutes)) - 1]
     half = minutes[(len(minutes) - 1) // 2]  # the service's memory warms up for 10-20 minutes
     last = samples[-1]
@@ -163,11 +196,18 @@ def _summarise(outcomes: list[CallOutcome], refused: list[float], events: list[d
         "calls_refused_busy": len(refused),
         "clips": len(clips), "finals_lost": sum(lat is None for _, lat in clips),
         **percentiles_ms([lat for _, lat in clips if lat is not None]),
-        "rss_growth_percent": round(100 * (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"], 1),
-        "rss_growth_second_half_percent": round(100 * (last["rss_mb"] - half["rss_mb"]) / half["rss_mb"], 1),
+        "rss_growth_percent": _growth(base["rss_mb"], last["rss_mb"]),
+        "rss_growth_second_half_percent": _growth(half["rss_mb"], last["rss_mb"]),
         "fds_at_baseline": base["open_fds"], "fds_at_end": last["open_fds"],
+        **({"workers_rss_growth_percent": _growth(base["workers_rss_mb"], last["workers_rss_mb"]),
+            "workers_fds_at_baseline": base["workers_fds"], "workers_fds_at_end": last["workers_fds"]}
+           if "workers_rss_mb" in last else {}),
         "per_minute": minutes,
     }
+
+
+def _growth(before: float, after: float) -> float:
+    return round(100 * (after - before) / before, 1)
 
 
 def _print(s: dict[str, Any]) -> None:
@@ -178,7 +218,12 @@ def _print(s: dict[str, Any]) -> None:
     print(f"  RSS growth after minute {s['baseline_minute']}: {s['rss_growth_percent']} % (over the second half: "
           f"{s['rss_growth_second_half_percent']} %)   open fds "
           f"{s['fds_at_baseline']} -> {s['fds_at_end']}")
-    print("  minute  clips  p50  p95  max (ms)  RSS MB  fds  refused")
+    workers = "workers_rss_growth_percent" in s
+    if workers:
+        print(f"  SIP workers: RSS growth {s['workers_rss_growth_percent']} %   open fds "
+              f"{s['workers_fds_at_baseline']} -> {s['workers_fds_at_end']}")
+    print("  minute  clips  p50  p95  max (ms)  RSS MB  fds  refused" + ("  workers' RSS MB  fds" if workers else ""))
     for m in s["per_minute"]:
         print(f"  {m['minute']:6d} {m['clips']:6d} {m['latency_p50_ms']} {m['latency_p95_ms']} "
-              f"{m['latency_max_ms']}  {m['rss_mb']}  {m['open_fds']}  {m['refused']}")
+              f"{m['latency_max_ms']}  {m['rss_mb']}  {m['open_fds']}  {m['refused']}"
+              + (f"  {m['workers_rss_mb']}  {m['workers_fds']}" if workers else ""))
