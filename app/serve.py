@@ -19,6 +19,7 @@ import sys
 
 from aiohttp import web
 
+from app.collector import freeze_startup
 from app.dialplans import DialplanError
 from app.logs import setup_logging
 from app.malloc import limit_arenas
@@ -81,6 +82,7 @@ async def serve(settings: Settings) -> None:
     try:
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
+        freeze_startup()  # the models and modules, out of the cycle collector's way (app/collector.py)
         log.info("Hearsay listening on http://%s:%d", settings.http.host, settings.http.port)
         await stop.wait()
         log.info("shutting down: finishing calls and flushing webhooks")
