@@ -117,8 +117,9 @@ async def sip_call(service: ServedService, plan: CallerPlan, port: int, nice: in
                    slot: int | None = None) -> CallOutcome | None:
     """One sipp process (at niceness `nice`) placing one call that streams the plan's audio;
     its call's outcome, or None when the service refused it as busy (503, or 486 from the
-    proxy: sipp ACKs the refusal and exits 1). The caller's RTP port and working directory are picked by `slot`
-    (default: the plan's index), so a slot that calls again and again reuses its own."""
+    proxy: sipp ACKs the refusal and exits 1). `slot` (default: the plan's index) picks the
+    caller's RTP port and working directory, so a slot that calls again and again reuses its
+    own."""
     await asyncio.sleep(plan.start_s)
     slot = plan.index if slot is None else slot
     directory = service.workdir / f"caller-{slot}"

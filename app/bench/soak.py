@@ -7,11 +7,11 @@ the SIP workers, as `bench sip` does), say three clips, hang up, and call again 
 later (0-1 s), with the next clips of the pool, until M minutes have passed; then the last
 calls finish. Every minute it reports the clips whose speech ended in that minute
 (end of speech -> webhook p50/p95/max), calls completed, the service's resident memory, its
-open file descriptors and the calls it refused as busy (such a caller tries again 1 s later).
-At the end: finals lost (clips no final covers, and calls with no `call.ended`), RSS growth
-after the first five minutes (or the first minute in a shorter run) and over the second half
-(the service's memory warms up for 10-20 minutes at 24 callers, then stays flat), and whether
-the fd count stayed flat.
+open file descriptors (the SIP workers' too) and the calls it refused as busy (such a caller
+tries again 1 s later; over SIP, after the 503's Retry-After). At the end: finals lost (clips
+no final covers, and calls with no `call.ended`), RSS growth after the first five minutes (or
+the first minute in a shorter run) and over the second half, and whether the fd count stayed
+flat.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ async def _soak(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": sip,
                                             "auth": {"api_keys": []}, "stream": {"max_sessions": max(64, args.calls)}}
     outcomes: list[CallOutcome] = []
-    refused: list[float] = []  # when a call was refused as busy (each caller tries again 1 s later)
+    refused: list[float] = []  # when a call was refused as busy (its caller tries again, CALLERS)
     samples: list[dict[str, Any]] = []
     match = {"twilio": 'twilio_to = ["*"]', "sip": 'sip_user = ["*"]'}.get(args.ingress, "")
     async with served(args.config, overrides, match=match, on_event=arrivals) as service:
@@ -188,7 +188,7 @@ def _summarise(outcomes: list[CallOutcome], refused: list[float], events: list[d
                         **{k: sample.get(k) for k in ("rss_mb", "open_fds", "workers_rss_mb", "workers_fds")
                            if k in sample}})
     base = minutes[min(BASELINE_MINUTE, len(minutes)) - 1]
-    half = minutes[(len(minutes) - 1) // 2]  # the service's memory warms up for 10-20 minutes
+    half = minutes[(len(minutes) - 1) // 2]
     last = samples[-1]
     return {
         "baseline_minute": base["minute"],
