@@ -53,6 +53,7 @@ from app.pipeline.types import Encoding
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "tests" / "sipp" / "uac_stream.xml"
 CALLER_NICE = 19
+PORT = 25060  # the service's SIP port in a benchmark
 # What sipp prints (and exits 1 on) when the INVITE is refused as busy where it expects the
 # 200 (it ACKs the refusal first): 503 from the service, or 486 from the proxy when every SIP
 # worker has its calls.
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-calls", type=int, default=0,
                         help="[sip] max_calls for the run (default: --calls, at least 4); above 4, calls go "
                              "through Kamailio to SIP workers")
-    parser.add_argument("--port", type=int, default=25060, help="SIP port for the run (default 25060)")
+    parser.add_argument("--port", type=int, default=PORT, help=f"SIP port for the run (default {PORT})")
     parser.add_argument("--caller-nice", type=int, default=CALLER_NICE, metavar="N",
                         help=f"niceness of the sipp callers (default {CALLER_NICE}: they yield the CPU to "
                              "the service, as callers elsewhere would; 0: they compete for it)")
@@ -94,8 +95,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     print(f"bench sip: starting the service and {args.calls} caller(s) ...", file=sys.stderr)
     async with served(args.config, overrides, match='sip_user = ["*"]',
                       interim=args.interim, on_event=arrivals) as service:
-        workers = [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
-        window = service.window(*workers)  # "children" in the summary: the SIP workers
+        window = service.window(*await sip_workers(service))  # "children" in the summary: the SIP workers
         calls = await asyncio.gather(*(sip_call(service, plan, args.port, args.caller_nice) for plan in plans))
         outcomes = [c for c in calls if c is not None]
         if len(outcomes) < len(calls):
@@ -104,6 +104,11 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         figures = await service.figures("sip", bridge="hearsay_sip_bridge_latency_seconds")
     return {**score(outcomes, service.consumer.events, arrivals), **usage, **figures, "max_calls": max_calls,
             "caller_nice": args.caller_nice}
+
+
+async def sip_workers(service: ServedService) -> list[int]:
+    """The service's SIP worker processes (their pids, from /health)."""
+    return [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
 
 
 def sip_settings(port: int, max_calls: int) -> dict[str, Any]:

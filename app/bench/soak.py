@@ -23,6 +23,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from app.bench.callers import (
     plan_call,
 )
 from app.bench.served import ServedService, rss_mb, served
-from app.bench.sip import CALLER_NICE, sip_call, sip_settings
+from app.bench.sip import CALLER_NICE, PORT, sip_call, sip_settings, sip_workers
 from app.bench.stream import stream_session
 from app.pipeline.decode import encode
 from app.pipeline.types import Encoding
@@ -49,14 +50,13 @@ from app.sim.twilio import SimCall, new_sid, post_voice_webhook, stream_call
 from sip.agent import BUSY_RETRY_AFTER_S
 
 TOKEN = "bench-auth-token"
-SIP_PORT = 25060
 BASELINE_MINUTE = 5  # RSS growth is measured against this minute's (the first, in shorter runs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="how long callers keep calling (default 30)")
     parser.add_argument("--calls", type=int, default=24, help="callers talking at once (default 24)")
-    parser.add_argument("--ingress", choices=("twilio", "stream", "sip"), default="twilio",
+    parser.add_argument("--ingress", choices=tuple(INGRESSES), default="twilio",
                         help="how callers reach the service: Twilio Media Streams, /v1/stream or SIP "
                              "(default twilio)")
     add_load_arguments(parser)
@@ -77,23 +77,22 @@ def run(args: argparse.Namespace) -> int:
 async def _soak(args: argparse.Namespace) -> dict[str, Any]:
     pool = load_pool(Path(args.speech_dir))
     arrivals = Arrivals()
-    sip = sip_settings(SIP_PORT, max(4, args.calls)) if args.ingress == "sip" else {"enabled": False}
+    ingress = INGRESSES[args.ingress]
+    sip = sip_settings(PORT, max(4, args.calls)) if args.ingress == "sip" else {"enabled": False}
     overrides: dict[str, dict[str, Any]] = {"twilio": {"auth_token": TOKEN}, "sip": sip,
                                             "auth": {"api_keys": []}, "stream": {"max_sessions": max(64, args.calls)}}
     outcomes: list[CallOutcome] = []
-    refused: list[float] = []  # when a call was refused as busy (its caller tries again, CALLERS)
+    refused: list[float] = []  # when a call was refused as busy (its caller tries again, INGRESSES)
     samples: list[dict[str, Any]] = []
-    match = {"twilio": 'twilio_to = ["*"]', "sip": 'sip_user = ["*"]'}.get(args.ingress, "")
-    async with served(args.config, overrides, match=match, on_event=arrivals) as service:
+    async with served(args.config, overrides, match=ingress.match, on_event=arrivals) as service:
         t0 = time.monotonic()
         until = t0 + args.minutes * 60
         counter = iter(range(10**9))
-        workers = await _sip_workers(service) if args.ingress == "sip" else []
+        workers = await sip_workers(service) if args.ingress == "sip" else []
         sampler = asyncio.create_task(_sample_every_minute(service, workers, t0, samples))
         print(f"bench soak: {args.calls} {args.ingress} callers for {args.minutes:g} min ...", file=sys.stderr)
-        call, retry_s = CALLERS[args.ingress]
-        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, refused, slot, call,
-                                     retry_s) for slot in range(args.calls)))
+        await asyncio.gather(*(_slot(service, pool, lambda: next(counter), until, outcomes, refused, slot, ingress)
+                               for slot in range(args.calls)))
         await asyncio.sleep(2.0)  # the last finals' deliveries
         sampler.cancel()
         samples.append(_sample(service, workers, t0))
@@ -106,14 +105,14 @@ Caller = Callable[[ServedService, CallerPlan, int], Awaitable[CallOutcome | None
 
 
 async def _slot(service: ServedService, pool: list[Clip], next_index: Callable[[], int], until: float,
-                outcomes: list[CallOutcome], refused: list[float], slot: int, call: Caller, retry_s: float) -> None:
+                outcomes: list[CallOutcome], refused: list[float], slot: int, ingress: Ingress) -> None:
     rng = random.Random(slot)
     await asyncio.sleep(rng.uniform(0.0, 3.0))
     while time.monotonic() < until:
-        outcome = await call(service, plan_call(pool, next_index()), slot)
+        outcome = await ingress.call(service, plan_call(pool, next_index()), slot)
         if outcome is None:  # busy: try again shortly, as a caller would
             refused.append(time.monotonic())
-            await asyncio.sleep(retry_s)
+            await asyncio.sleep(ingress.retry_s)
             continue
         outcomes.append(outcome)
         await asyncio.sleep(rng.uniform(0.0, 1.0))
@@ -139,19 +138,23 @@ async def _stream_call(service: ServedService, plan: CallerPlan, slot: int) -> C
 
 
 async def _sip_call(service: ServedService, plan: CallerPlan, slot: int) -> CallOutcome | None:
-    return await sip_call(service, plan, SIP_PORT, CALLER_NICE, slot=slot)
+    return await sip_call(service, plan, PORT, CALLER_NICE, slot=slot)
 
 
-async def _sip_workers(service: ServedService) -> list[int]:
-    """The SIP worker processes' pids (they live as long as the service)."""
-    return [w["pid"] for w in (await service.get("/health"))["components"]["sip"]["workers"]]
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """How the soak's callers reach the service: `call` places one call; one refused as busy
+    waits `retry_s` before calling again (a second over Twilio and /v1/stream; over SIP, the
+    Retry-After of the service's 503, as a trunk holds calls back that long); `match` is the
+    bench dialplan's [match] line for its calls."""
+
+    call: Caller
+    retry_s: float
+    match: str
 
 
-# Each ingress's caller, and how long one refused as busy waits before calling again: a
-# second over Twilio and /v1/stream; over SIP, the Retry-After of the service's 503 (a trunk
-# holds calls back from a server that says it is busy for that long).
-CALLERS: dict[str, tuple[Caller, float]] = {"twilio": (_twilio_call, 1.0), "stream": (_stream_call, 1.0),
-                                           "sip": (_sip_call, BUSY_RETRY_AFTER_S)}
+INGRESSES = {"twilio": Ingress(_twilio_call, 1.0, 'twilio_to = ["*"]'), "stream": Ingress(_stream_call, 1.0, ""),
+             "sip": Ingress(_sip_call, BUSY_RETRY_AFTER_S, 'sip_user = ["*"]')}
 
 
 async def _sample_every_minute(service: ServedService, workers: list[int], t0: float,

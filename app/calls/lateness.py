@@ -95,7 +95,9 @@ class CallLimit:
         self.limit: int | None = start if late_s else None  # None: no limit yet
         self.learned = False  # whether late finals have set or moved the limit
         # When the limit last changed (monotonic clock): a starting limit, now.
-        self.changed = -float("inf") if self.limit is None else time.monotonic() if now is None else now
+        self.changed = -float("inf")
+        if self.limit is not None:
+            self.changed = time.monotonic() if now is None else now
 
     def update(self, live: int, late: float, late_since_change: float, now: float | None = None) -> int | None:
         """The limit, after finals have lately come `late` seconds late (90th percentile) with
